@@ -1,0 +1,199 @@
+"""A thread-safe dict split into independently locked shards, bounded in size.
+
+Every request of every thread goes through this map, so one global lock would
+make threads queue behind each other. Keys are spread over ``shards`` plain
+dicts (a power of two, picked by the key's hash), each guarded by its own lock,
+so threads touching different sessions rarely meet.
+
+Each shard keeps its entries in least-recently-used order. That gives two
+kinds of eviction at the cost of a pointer move per lookup:
+
+* a size bound: when a shard holds more than its share of ``max_entries``,
+  the least recently used entries leave (a flood of new visitors cannot grow
+  memory without limit);
+* an idle bound: :meth:`ShardedCache.evict_idle` drops entries not used for
+  ``idle_seconds``; it walks each shard from the oldest entry and stops at the
+  first fresh one, so it costs only what it evicts.
+
+Locks are held only for dict operations. Callers never do I/O, encoding or
+decoding while holding one; :meth:`ShardedCache.update` runs a caller's merge
+function under the lock, and that function must be pure CPU work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import typing as t
+from collections import OrderedDict
+
+V = t.TypeVar("V")
+
+
+class _Shard(t.Generic[V]):
+    __slots__ = ("entries", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: key -> (value, last used, monotonic seconds); oldest first.
+        self.entries: OrderedDict[str, tuple[V, float]] = OrderedDict()
+
+
+class ShardedCache(t.Generic[V]):
+    """A bounded, lock-sharded ``str -> V`` map with LRU and idle eviction.
+
+    :param shards: how many locks to spread the keys over; a power of two.
+    :param max_entries: the most entries kept in all; each shard holds at most
+        its equal share (rounded up).
+    :param idle_seconds: how long an unused entry may stay, enforced by
+        :meth:`evict_idle`; ``None`` keeps entries until they are evicted for
+        size or removed.
+    :param clock: a monotonic clock, replaceable in tests.
+    :param on_evict: called with each key evicted for size, outside the lock.
+    """
+
+    def __init__(
+        self,
+        shards: int = 16,
+        max_entries: int = 100_000,
+        idle_seconds: float | None = None,
+        clock: t.Callable[[], float] = time.monotonic,
+        on_evict: t.Callable[[str], None] | None = None,
+    ) -> None:
+        if shards < 1 or shards & (shards - 1):
+            raise ValueError("shards must be a power of two")
+        self._shards: tuple[_Shard[V], ...] = tuple(_Shard() for _ in range(shards))
+        self._mask = shards - 1
+        self._per_shard = max(1, -(-max_entries // shards))
+        self._idle = idle_seconds
+        self._clock = clock
+        self._on_evict = on_evict
+        #: entries dropped because a shard was full (read by the middleware's stats).
+        self.evicted_for_size = 0
+
+    def _shard(self, key: str) -> _Shard[V]:
+        return self._shards[hash(key) & self._mask]
+
+    def get(self, key: str) -> V | None:
+        """The value for ``key`` (marking it used), or ``None``."""
+        shard = self._shard(key)
+        with shard.lock:
+            entry = shard.entries.get(key)
+            if entry is None:
+                return None
+            shard.entries.move_to_end(key)
+            if self._idle is not None:
+                shard.entries[key] = (entry[0], self._clock())
+            return entry[0]
+
+    def peek(self, key: str) -> V | None:
+        """The value for ``key`` without marking it used."""
+        shard = self._shard(key)
+        with shard.lock:
+            entry = shard.entries.get(key)
+        return None if entry is None else entry[0]
+
+    def put(self, key: str, value: V) -> None:
+        """Store ``value`` under ``key`` as the most recently used entry."""
+        shard = self._shard(key)
+        with shard.lock:
+            shard.entries[key] = (value, self._clock())
+            shard.entries.move_to_end(key)
+            evicted = self._trim(shard)
+        self._report(evicted)
+
+    def update(self, key: str, merge: t.Callable[[V | None], V | None]) -> V | None:
+        """Atomically replace the value with ``merge(current)``.
+
+        ``merge`` runs under the shard lock and must not block. A ``None``
+        result removes the key. Returns the new value.
+        """
+        shard = self._shard(key)
+        with shard.lock:
+            entry = shard.entries.get(key)
+            value = merge(None if entry is None else entry[0])
+            if value is None:
+                shard.entries.pop(key, None)
+                return None
+            shard.entries[key] = (value, self._clock())
+            shard.entries.move_to_end(key)
+            evicted = self._trim(shard)
+        self._report(evicted)
+        return value
+
+    def pop(self, key: str) -> V | None:
+        """Remove ``key`` and return its value, or ``None``."""
+        shard = self._shard(key)
+        with shard.lock:
+            entry = shard.entries.pop(key, None)
+        return None if entry is None else entry[0]
+
+    def evict_idle(self) -> int:
+        """Drop entries unused for ``idle_seconds``; returns how many."""
+        if self._idle is None:
+            return 0
+        cutoff = self._clock() - self._idle
+        dropped = 0
+        for shard in self._shards:
+            with shard.lock:
+                entries = shard.entries
+                while entries:
+                    key, (_, used) = next(iter(entries.items()))
+                    if used > cutoff:
+                        break
+                    del entries[key]
+                    dropped += 1
+        return dropped
+
+    def remove_where(self, predicate: t.Callable[[V], bool], limit: int) -> list[str]:
+        """Remove up to ``limit`` entries whose value matches ``predicate``,
+        one shard lock at a time; returns their keys."""
+        removed: list[str] = []
+        for shard in self._shards:
+            with shard.lock:
+                doomed = [key for key, (value, _) in shard.entries.items() if predicate(value)]
+                for key in doomed[: limit - len(removed)]:
+                    del shard.entries[key]
+                    removed.append(key)
+            if len(removed) >= limit:
+                break
+        return removed
+
+    def keys(self) -> list[str]:
+        """A snapshot of the keys, shard by shard."""
+        out: list[str] = []
+        for shard in self._shards:
+            with shard.lock:
+                out.extend(shard.entries)
+        return out
+
+    def clear(self) -> None:
+        """Remove every entry."""
+        for shard in self._shards:
+            with shard.lock:
+                shard.entries.clear()
+
+    def __len__(self) -> int:
+        return sum(len(shard.entries) for shard in self._shards)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        shard = self._shard(key)
+        with shard.lock:
+            return key in shard.entries
+
+    def _trim(self, shard: _Shard[V]) -> list[str]:
+        evicted: list[str] = []
+        entries = shard.entries
+        while len(entries) > self._per_shard:
+            key, _ = entries.popitem(last=False)
+            evicted.append(key)
+        return evicted
+
+    def _report(self, evicted: list[str]) -> None:
+        if evicted:
+            self.evicted_for_size += len(evicted)
+            if self._on_evict is not None:
+                for key in evicted:
+                    self._on_evict(key)

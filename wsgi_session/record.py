@@ -1,0 +1,165 @@
+"""The data that flows between the session, the cache and the stores.
+
+A :class:`SessionRecord` is one session as stored: immutable, so a request can
+keep it as its snapshot while other threads replace it. A :class:`SessionDiff`
+is what one request changed: the keys it set (already encoded), the keys it
+deleted, and the new deadlines. :func:`apply_diff` is the one definition of how
+a diff merges into a record, used by every store that merges in Python.
+
+Times are seconds since the epoch (floats), as the configured clock gives them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+#: The reserved key that marks a record as the forwarding stub of a renewed
+#: session (its value is the new id, encoded as UTF-8). User keys may not start
+#: with NUL, so this cannot clash with session data.
+MOVED_KEY = "\x00moved"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One stored session.
+
+    :param id: the session id.
+    :param values: each key's encoded value (plaintext tagged JSON in memory).
+    :param created: when the session was created.
+    :param expires: the idle deadline: last activity plus the lifetime.
+    :param absolute: the absolute deadline, or ``None``.
+    :param longterm: whether the session uses ``longterm_lifetime``.
+    :param version: increases with every write; used to validate caches.
+    """
+
+    id: str
+    values: t.Mapping[str, bytes]
+    created: float
+    expires: float
+    absolute: float | None = None
+    longterm: bool = False
+    version: int = 1
+    #: Decoded immutable values, shared by the requests that read this exact
+    #: record (safe: the record never changes and the values are immutable).
+    memo: dict[str, t.Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def deadline(self) -> float:
+        """The earlier of the idle and the absolute deadline."""
+        absolute = self.absolute
+        return self.expires if absolute is None or absolute > self.expires else absolute
+
+    def is_expired(self, now: float) -> bool:
+        """Whether the session is past either deadline at ``now``."""
+        return now >= self.deadline
+
+    @property
+    def moved_to(self) -> str | None:
+        """The new id, if this record is the forwarding stub of a renewal."""
+        target = self.values.get(MOVED_KEY)
+        return None if target is None else target.decode()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionDiff:
+    """What one request changed in one session.
+
+    :param id: the session it applies to.
+    :param set: keys to set, with their encoded values.
+    :param delete: keys to remove.
+    :param clear: remove every key not in ``set`` first (``session.clear()``).
+    :param expires: the new idle deadline.
+    :param absolute: the absolute deadline (carried, never moved later).
+    :param longterm: the new long-term flag.
+    :param created: creation time, used only when the diff creates the record.
+    :param create: create the record if it does not exist. When ``False`` and
+        the record is gone (destroyed, purged) the diff is dropped: a request
+        never resurrects a session that was deleted under it.
+    :param defaults: keys set only where the record has none (used by
+        renewal to carry the old data underneath newer writes).
+    :param local_only: keep the change in this process's memory and out of
+        the persistent store (opt-in mode before consent).
+    """
+
+    id: str
+    set: t.Mapping[str, bytes]
+    delete: frozenset[str]
+    clear: bool
+    expires: float
+    absolute: float | None
+    longterm: bool
+    created: float
+    create: bool = False
+    defaults: t.Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    local_only: bool = False
+
+    @property
+    def is_touch(self) -> bool:
+        """Whether only the deadlines change."""
+        return not (self.set or self.delete or self.clear or self.defaults)
+
+
+def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord | None:
+    """Merge ``diff`` into ``record`` key by key and return the new record.
+
+    Keys the diff did not touch keep the record's (newer) values, so two
+    requests that changed different keys both survive. Returns ``None`` when
+    the record is missing and the diff may not create it, and ``record``
+    itself when it is a forwarding stub: the caller re-targets the diff.
+    """
+    if record is None:
+        if not diff.create:
+            return None
+        values = dict(diff.defaults)
+        values.update(diff.set)
+        return SessionRecord(
+            id=diff.id,
+            values=values,
+            created=diff.created,
+            expires=diff.expires,
+            absolute=diff.absolute,
+            longterm=diff.longterm,
+            version=1,
+        )
+    if MOVED_KEY in record.values:
+        return record
+    if diff.clear:
+        values = dict(diff.set)
+    else:
+        values = dict(record.values)
+        for key, value in diff.defaults.items():
+            values.setdefault(key, value)
+        for key in diff.delete:
+            values.pop(key, None)
+        values.update(diff.set)
+    return SessionRecord(
+        id=record.id,
+        values=values,
+        created=record.created,
+        expires=diff.expires,
+        absolute=record.absolute if record.absolute is not None else diff.absolute,
+        longterm=diff.longterm,
+        version=record.version + 1,
+    )
+
+
+def forwarding_stub(old_id: str, new_id: str, now: float, grace: float) -> SessionDiff:
+    """A diff that turns ``old_id`` into a short-lived pointer to ``new_id``.
+
+    A *new* request presenting the old token sees no session (a stub is not a
+    live session), while requests already in flight with the old id have their
+    writes forwarded to ``new_id`` until ``now + grace``. The old data stays
+    in the stub so the renewal can read it after every later write has been
+    redirected; it goes when the stub expires.
+    """
+    return SessionDiff(
+        id=old_id,
+        set={MOVED_KEY: new_id.encode()},
+        delete=frozenset(),
+        clear=False,
+        expires=now + grace,
+        absolute=None,
+        longterm=False,
+        created=now,
+    )

@@ -1,0 +1,348 @@
+"""The session a view sees: a mapping that tracks its own changes.
+
+A :class:`Session` is created for every request but does nothing until it is
+used: the token is read, verified and looked up on first access, so a request
+that never touches ``environ["session"]`` costs one small object.
+
+On first access it takes a *snapshot*: the stored record (immutable) plus the
+values this request decodes from it. Nothing this request does is visible to
+other requests until the middleware commits, and what it commits is only the
+*difference*: the keys whose encoding changed, the keys deleted. Concurrent
+requests of one session that change different keys therefore both survive; for
+the same key the last to commit wins.
+
+Change detection needs no ``session.modified = True``. Every key that was read
+and holds a mutable value (a list, a dict, a set...) is encoded again at the
+end of the request and compared with what was loaded, so
+``session["cart"].append(item)`` is saved. Immutable values that were only read
+cost nothing.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import MutableMapping
+
+from .exceptions import SessionStateError, StoreUnavailable, UnserializableValue
+from .record import MOVED_KEY
+from .serialization import IMMUTABLE_TYPES
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+    from .manager import SessionManager
+    from .record import SessionRecord
+    from .signing import Token
+
+_EMPTY: t.Mapping[str, bytes] = {}
+
+
+class Changes(t.NamedTuple):
+    """What a request changed in its session's data."""
+
+    set: dict[str, bytes]
+    delete: frozenset[str]
+    clear: bool
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.delete or self.clear)
+
+
+class Session(MutableMapping[str, t.Any]):
+    """A request's view of its session: ``MutableMapping[str, Any]``.
+
+    Keys are strings (not starting with NUL, which is reserved); values are
+    anything the serializer encodes. Besides the mapping API:
+
+    * :attr:`id`, :attr:`is_new`, :attr:`longterm`, :attr:`consented`;
+    * :meth:`renew` (new id, e.g. at login), :meth:`destroy` (logout);
+    * :meth:`set_longterm` ("remember me"), :meth:`set_store` (opt-in consent),
+      :meth:`create_data` (manual mode), :meth:`update_now` (force a write);
+    * :attr:`advanced`: the store-level operations.
+    """
+
+    __slots__ = (
+        "_assigned",
+        "_cleared",
+        "_consent",
+        "_created",
+        "_decoded",
+        "_deleted",
+        "_destroyed",
+        "_environ",
+        "_failure",
+        "_force",
+        "_id",
+        "_loaded",
+        "_longterm",
+        "_manager",
+        "_memo",
+        "_meta_changed",
+        "_presented",
+        "_record",
+        "_rejected",
+        "_renew",
+        "_token",
+        "_unsaved",
+        "_values",
+    )  # fmt: skip
+
+    def __init__(self, manager: SessionManager, environ: WSGIEnvironment) -> None:
+        self._manager = manager
+        self._environ = environ
+        self._loaded = False
+
+    # -- loading -----------------------------------------------------------
+
+    def _load(self) -> None:
+        """Resolve the token and take the snapshot (first access only)."""
+        self._loaded = True
+        self._id: str | None = None
+        self._record: SessionRecord | None = None
+        self._values: t.Mapping[str, bytes] = _EMPTY
+        self._memo: dict[str, t.Any] = {}
+        self._decoded: dict[str, t.Any] = {}
+        self._assigned: dict[str, bytes] = {}
+        self._deleted: set[str] = set()
+        self._cleared = False
+        self._token: Token | None = None
+        self._presented = False
+        self._rejected = False
+        self._renew = self._destroyed = self._created = self._force = False
+        self._unsaved = self._meta_changed = False
+        self._failure: StoreUnavailable | None = None
+        self._longterm = False
+        try:
+            found = self._manager.resolve(self._environ)
+        except StoreUnavailable as exc:
+            self._failure = exc
+            if not self._manager.fail_open:
+                raise
+            self._unsaved = True
+        else:
+            self._presented = found.presented
+            self._rejected = found.presented and found.record is None
+            if found.record is not None:
+                self._adopt(found.record)
+                self._token = found.token
+        self._consent = bool(self._token and self._token.consent)
+
+    def _adopt(self, record: SessionRecord) -> None:
+        self._record = record
+        self._id = record.id
+        self._values = record.values
+        self._memo = record.memo
+        self._longterm = record.longterm
+
+    def _rebase(self, record: SessionRecord | None) -> None:
+        """After a commit: make ``record`` the new baseline, so a second commit
+        (for changes made while the body streams) sends only what is newer."""
+        if record is not None:
+            self._adopt(record)
+        self._decoded = {k: v for k, v in self._decoded.items() if type(v) not in IMMUTABLE_TYPES}
+        self._assigned.clear()
+        self._deleted.clear()
+        self._cleared = self._renew = self._force = self._meta_changed = False
+
+    # -- the mapping -------------------------------------------------------
+
+    def __getitem__(self, key: str) -> t.Any:
+        if not self._loaded:
+            self._load()
+        decoded = self._decoded
+        if key in decoded:
+            return decoded[key]
+        if self._cleared or key in self._deleted:
+            raise KeyError(key)
+        memo = self._memo
+        if key in memo:
+            return memo[key]
+        raw = self._values.get(key)
+        if raw is None or key == MOVED_KEY:
+            raise KeyError(key)
+        value = self._manager.decode_value(self._id, key, raw)
+        if type(value) in IMMUTABLE_TYPES:
+            memo[key] = value
+        else:
+            decoded[key] = value
+        return value
+
+    def __setitem__(self, key: str, value: t.Any) -> None:
+        if not self._loaded:
+            self._load()
+        if type(key) is not str:
+            raise TypeError(f"session keys must be str, not {type(key).__name__}")
+        if key.startswith("\x00"):
+            raise ValueError("session keys starting with NUL are reserved")
+        if self._record is None and not self._created and self._manager.manual:
+            raise SessionStateError("manual mode: call session.create_data() before writing")
+        try:
+            encoded = self._manager.serializer.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise UnserializableValue(key, value, str(exc)) from exc
+        self._decoded[key] = value
+        self._assigned[key] = encoded
+        self._deleted.discard(key)
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._decoded.pop(key, None)
+        self._assigned.pop(key, None)
+        self._deleted.add(key)
+
+    def __contains__(self, key: object) -> bool:
+        if not self._loaded:
+            self._load()
+        if key in self._decoded:
+            return True
+        if self._cleared or key in self._deleted or key == MOVED_KEY:
+            return False
+        return key in self._values
+
+    def _keys(self) -> list[str]:
+        keys = dict.fromkeys(() if self._cleared else self._values)
+        keys.update(dict.fromkeys(self._decoded))
+        keys.pop(MOVED_KEY, None)
+        return [key for key in keys if key not in self._deleted]
+
+    def __iter__(self) -> t.Iterator[str]:
+        if not self._loaded:
+            self._load()
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        if not self._loaded:
+            self._load()
+        return len(self._keys())
+
+    def clear(self) -> None:
+        """Remove every key (the session itself and its id stay)."""
+        if not self._loaded:
+            self._load()
+        self._cleared = True
+        self._decoded.clear()
+        self._assigned.clear()
+        self._deleted.clear()
+
+    def __repr__(self) -> str:
+        if not self._loaded:
+            return "<Session (not loaded)>"
+        return f"<Session {'new' if self.is_new else 'id=' + (self._id or '')[:6] + '…'} {dict(self)!r}>"
+
+    # -- identity and lifecycle ---------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The session id. A new session gets its id here, on first use; it
+        is stored only if the session ends up holding data."""
+        if not self._loaded:
+            self._load()
+        if self._id is None:
+            self._id = self._manager.new_id()
+        return self._id
+
+    @property
+    def is_new(self) -> bool:
+        """``True`` until the session has been stored once."""
+        if not self._loaded:
+            self._load()
+        return self._record is None
+
+    @property
+    def longterm(self) -> bool:
+        """Whether this is a long-term ("remember me") session."""
+        if not self._loaded:
+            self._load()
+        return self._longterm
+
+    @property
+    def consented(self) -> bool:
+        """Opt-in mode: whether the user agreed to storage (:meth:`set_store`)."""
+        if not self._loaded:
+            self._load()
+        return self._consent
+
+    @property
+    def accessed(self) -> bool:
+        """Whether this request used the session at all (decides ``Vary``)."""
+        return self._loaded
+
+    def renew(self) -> None:
+        """Give the session a new id at the end of this request, keeping its
+        data; the old id stops working at once for new requests. Call it at
+        login and at every change of privilege (session fixation defence)."""
+        if not self._loaded:
+            self._load()
+        self._renew = True
+
+    def destroy(self) -> None:
+        """Delete the session from memory and store, and clear the client's
+        token. Later writes in this request are discarded."""
+        if not self._loaded:
+            self._load()
+        self._destroyed = True
+
+    def set_longterm(self, longterm: bool) -> None:
+        """Switch to ``longterm_lifetime`` and a persistent cookie ("remember
+        me"), or back to ``lifetime``."""
+        if not self._loaded:
+            self._load()
+        if bool(longterm) != self._longterm:
+            self._longterm = bool(longterm)
+            self._meta_changed = True
+
+    def set_store(self, store: bool) -> None:
+        """Opt-in mode: record the user's consent to keep the session
+        (carried in the signed token) or withdraw it."""
+        if not self._loaded:
+            self._load()
+        if bool(store) != self._consent:
+            self._consent = bool(store)
+            self._meta_changed = True
+
+    def create_data(self) -> None:
+        """Manual mode: create the session so it can be written and stored."""
+        if not self._loaded:
+            self._load()
+        self._created = True
+
+    def update_now(self) -> None:
+        """Write the session (and refresh its expiry) at the end of this
+        request even if nothing changed."""
+        if not self._loaded:
+            self._load()
+        self._force = True
+
+    @property
+    def advanced(self) -> t.Any:
+        """The store-level operations (:class:`~wsgi_session.advanced.Advanced`)."""
+        return self._manager.advanced
+
+    # -- change tracking ---------------------------------------------------
+
+    def _changes(self) -> Changes:
+        """Encode what changed since the snapshot. A value that can no longer
+        be encoded (a nested mutation added something unsupported) is logged
+        and skipped: the stored value stays as it was."""
+        changed: dict[str, bytes] = {}
+        baseline = self._values
+        cleared = self._cleared
+        assigned = self._assigned
+        for key, value in self._decoded.items():
+            if type(value) in IMMUTABLE_TYPES:
+                encoded = assigned.get(key)
+                if encoded is None:
+                    continue
+            else:
+                encoded = self._manager.encode_late(key, value)
+                if encoded is None:
+                    continue
+            if cleared or baseline.get(key) != encoded:
+                changed[key] = encoded
+        for key, encoded in assigned.items():
+            if key not in changed and key not in self._decoded:
+                changed[key] = encoded  # pragma: no cover - defensive
+        deleted = frozenset(k for k in self._deleted if k in baseline) if not cleared else frozenset()
+        clear = cleared and any(key != MOVED_KEY for key in baseline)
+        return Changes(changed, deleted, clear)

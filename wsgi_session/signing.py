@@ -1,0 +1,165 @@
+"""Session tokens: the signed form in which an id travels to the client.
+
+A token is ``<id>.<flags>.<issued>.<signature>``:
+
+* ``id`` — the session id (16 to 128 URL-safe characters);
+* ``flags`` — ``"1"`` if the user consented to storage (opt-in mode), else
+  ``"0"``; signed, so a client cannot grant itself consent;
+* ``issued`` — when the token was issued, base-36 seconds; tells the
+  middleware when a persistent cookie is due for a refresh;
+* ``signature`` — HMAC-SHA256 (itsdangerous) over the rest *and* the client
+  binding (IP address sources, user agent) when enabled. The binding is not in
+  the token: a stolen token presented from elsewhere simply fails to verify.
+
+Key rotation: tokens are signed with the newest of ``secret_keys`` and every
+key verifies. The signing keys are derived from the secrets with a purpose
+label, so the same secret can also feed encryption without key reuse.
+
+Verifying is the costliest step of a request, so each verified
+``(token, binding)`` pair is remembered in a bounded map: a token's HMAC is
+computed once per process, not once per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import typing as t
+
+from itsdangerous import Signer
+from itsdangerous.exc import BadSignature as _ItsBadSignature
+
+from .config import MAX_TOKEN_BYTES
+from .exceptions import BadSignature, MalformedToken
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+    from .config import SessionConfig
+
+_TOKEN = re.compile(r"([A-Za-z0-9_-]{16,128})\.([01])\.([0-9a-z]{1,10})\.([A-Za-z0-9_-]{20,100})\Z")
+_ID = re.compile(r"[A-Za-z0-9_-]{16,128}\Z")
+_VERIFIED_MAX = 65_536
+_SIGN_PURPOSE = b"wsgi_session token signing v1"
+_IP_HEADERS = {
+    "REMOTE_ADDR": "REMOTE_ADDR",
+    "X-Forwarded-For": "HTTP_X_FORWARDED_FOR",
+    "Forwarded": "HTTP_FORWARDED",
+    "X-Real-IP": "HTTP_X_REAL_IP",
+}
+
+
+class Token(t.NamedTuple):
+    """A verified token's contents."""
+
+    id: str
+    consent: bool
+    issued: int
+
+
+def is_valid_id(session_id: str) -> bool:
+    """Whether ``session_id`` has the shape of a session id."""
+    return _ID.match(session_id) is not None
+
+
+def derive_key(secret: bytes, purpose: bytes) -> bytes:
+    """A 32-byte key for one ``purpose``, derived from a configured secret."""
+    return hmac.digest(secret, purpose, hashlib.sha256)
+
+
+class ClientBinding:
+    """Reads the parts of a request a token is bound to.
+
+    :param config: uses ``bind_ip``, ``bind_ip_sources`` and ``bind_user_agent``.
+    """
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, config: SessionConfig) -> None:
+        keys = [_IP_HEADERS[source] for source in config.bind_ip_sources] if config.bind_ip else []
+        if config.bind_user_agent:
+            keys.append("HTTP_USER_AGENT")
+        self._keys = tuple(keys)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether tokens are bound to anything."""
+        return bool(self._keys)
+
+    def fingerprint(self, environ: WSGIEnvironment) -> str:
+        """The binding material of this request (empty if binding is off)."""
+        if not self._keys:
+            return ""
+        get = environ.get
+        return "\x1f".join(str(get(key, "")) for key in self._keys)
+
+
+class TokenSigner:
+    """Signs and verifies session tokens with key rotation.
+
+    :param secret_keys: the configured secrets, newest first.
+    """
+
+    def __init__(self, secret_keys: t.Sequence[bytes]) -> None:
+        derived = [derive_key(secret, _SIGN_PURPOSE) for secret in secret_keys]
+        # itsdangerous takes its keys oldest first and signs with the last.
+        self._signer = Signer(
+            list(reversed(derived)),
+            salt=b"wsgi_session.token",
+            key_derivation="none",
+            digest_method=hashlib.sha256,
+        )
+        self._verified: dict[str, Token] = {}
+
+    def dumps(self, token: Token, binding: str = "") -> str:
+        """The signed token string for ``token``."""
+        body = f"{token.id}.{'1' if token.consent else '0'}.{_base36(token.issued)}"
+        signature = self._signer.get_signature(f"{body}\x1f{binding}").decode("ascii")
+        return f"{body}.{signature}"
+
+    def loads(self, value: str, binding: str = "") -> Token:
+        """Verify ``value`` and return its contents.
+
+        :raises MalformedToken: too long, or not of the token's shape.
+        :raises BadSignature: signed with none of the keys, or for another
+            client binding.
+        """
+        cache_key = f"{value}\x1f{binding}" if binding else value
+        cached = self._verified.get(cache_key)
+        if cached is not None:
+            return cached
+        if len(value) > MAX_TOKEN_BYTES:
+            raise MalformedToken("token too long", value)
+        match = _TOKEN.match(value)
+        if match is None:
+            raise MalformedToken("token is not of the form id.flags.issued.signature", value)
+        session_id, flags, issued, signature = match.groups()
+        body = value[: match.start(4) - 1]
+        try:
+            valid = self._signer.verify_signature(f"{body}\x1f{binding}", signature)
+        except _ItsBadSignature:  # pragma: no cover - verify_signature returns False
+            valid = False
+        if not valid:
+            raise BadSignature("token signature does not verify", value)
+        token = Token(session_id, flags == "1", int(issued, 36))
+        if len(self._verified) >= _VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[cache_key] = token
+        return token
+
+    def forget(self, value: str) -> None:
+        """Drop ``value`` from the verified-token memo (after destroy/renew it
+        still verifies, but its id is gone from the store)."""
+        self._verified.pop(value, None)
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    if number <= 0:
+        return "0"
+    out = []
+    while number:
+        number, rem = divmod(number, 36)
+        out.append(digits[rem])
+    return "".join(reversed(out))
