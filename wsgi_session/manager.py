@@ -25,10 +25,13 @@ import threading
 import typing as t
 
 from ._logging import RateLimitedLog
+from .advanced import Advanced
 from .background import PeriodicTask
-from .exceptions import BadToken
+from .coherence import CachedStore
+from .exceptions import BadStoredData, BadToken
+from .outcome import Finisher
 from .record import MOVED_KEY, SessionDiff, SessionRecord, forwarding_stub
-from .serialization import TaggedJSONSerializer
+from .serialization import IMMUTABLE_TYPES, TaggedJSONSerializer
 from .signing import ClientBinding, Token, TokenSigner, is_valid_id
 from .transport import make_transport
 
@@ -36,12 +39,14 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
     from .config import SessionConfig
-    from .session import Session
+    from .outcome import Outcome
     from .stores.base import Store
 
 log = logging.getLogger("wsgi_session")
 
 _MAX_FORWARD_HOPS = 4
+#: Marks a record whose values were all decoded once (a memo key no user key equals).
+_DECODED = "\x00decoded"
 
 
 class Found(t.NamedTuple):
@@ -50,18 +55,6 @@ class Found(t.NamedTuple):
     presented: bool
     token: Token | None
     record: SessionRecord | None
-
-
-@dataclasses.dataclass(slots=True)
-class Outcome:
-    """What the end of a request must do."""
-
-    diffs: list[SessionDiff] = dataclasses.field(default_factory=list)
-    delete: list[str] = dataclasses.field(default_factory=list)
-    renew: tuple[str, SessionDiff] | None = None
-    send: str | None = None
-    max_age: int | None = None
-    clear: bool = False
 
 
 @dataclasses.dataclass
@@ -82,6 +75,7 @@ class Stats:
     late_changes_dropped: int = 0
     forwarded_writes: int = 0
     dropped_writes: int = 0
+    unreadable_rows: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -106,8 +100,13 @@ class SessionManager:
 
     def __init__(self, config: SessionConfig, store: Store, clock: t.Callable[[], float]) -> None:
         self.config = config
-        self.store = store
         self.clock = clock
+        self.cached: CachedStore | None = None
+        if store.is_local:
+            self.store = store
+        else:
+            self.cached = CachedStore(_sealed(store, config), config)
+            self.store = self.cached
         self.serializer = config.serializer or TaggedJSONSerializer()
         self.signer = TokenSigner(config.signing_keys)
         self.binding = ClientBinding(config)
@@ -115,19 +114,18 @@ class SessionManager:
         self.stats = Stats()
         self.manual = config.mode == "manual"
         self.fail_open = config.outage_policy == "fail_open"
-        self._opt_in = config.mode == "opt_in"
         self._lifetime = config.lifetime.total_seconds()
         self._longterm_lifetime = config.longterm_lifetime.total_seconds()
-        self._absolute = config.absolute_lifetime.total_seconds() if config.absolute_lifetime else None
-        self._touch = config.touch_interval.total_seconds()
         self._grace = config.renew_grace.total_seconds()
         self._new_raw_id = config.id_generator or _default_id
         self._bad_input = RateLimitedLog(log)
         self._setup_lock = threading.Lock()
         self._ready = False
         self.sweeper = PeriodicTask("wsgi-session-purge", config.purge_interval.total_seconds(), self.purge)
-        from .advanced import Advanced
-
+        self.evictor = PeriodicTask(
+            "wsgi-session-evict", config.memory_purge_interval.total_seconds(), self.evict_idle
+        )
+        self.finisher = Finisher(self)
         self.advanced = Advanced(self)
 
     # -- start-up ----------------------------------------------------------
@@ -141,10 +139,13 @@ class SessionManager:
                 self.store.setup()
                 self._ready = True
         self.sweeper.ensure_running()
+        if self.cached is not None:
+            self.evictor.ensure_running()
 
     def close(self) -> None:
-        """Stop background work and release the store."""
+        """Flush pending writes, stop background work, release the store."""
         self.sweeper.stop()
+        self.evictor.stop()
         self.store.close()
 
     # -- resolving a request -------------------------------------------------
@@ -171,17 +172,56 @@ class SessionManager:
     def load(self, session_id: str) -> SessionRecord | None:
         """The live record for ``session_id``: ``None`` if unknown, expired or
         a forwarding stub (a renewed session's old id)."""
-        record = self.store.load(session_id)
+        try:
+            record = self.store.load(session_id)
+        except BadStoredData as exc:
+            self._unreadable(session_id, exc.message)
+            return None
         if record is None or MOVED_KEY in record.values:
             return None
         if record.is_expired(self.clock()):
             self.stats.bump("expired")
             self.store.delete([session_id])
             return None
+        if self.cached is not None and _DECODED not in record.memo and not self._check_decodes(record):
+            return None
         return record
+
+    def _check_decodes(self, record: SessionRecord) -> bool:
+        """Decode every value of a record fresh from the store, once: a row
+        that does not decode is refused whole, before a view sees half of it.
+        Immutable values are memoised for the requests that follow."""
+        memo = record.memo
+        for key, raw in record.values.items():
+            try:
+                value = self.serializer.loads(raw)
+            except Exception as exc:
+                self._unreadable(record.id, f"value of {key!r} does not decode: {exc}")
+                return False
+            if type(value) in IMMUTABLE_TYPES:
+                memo[key] = value
+        memo[_DECODED] = True
+        return True
+
+    def _unreadable(self, session_id: str, reason: str) -> None:
+        self.stats.bump("unreadable_rows")
+        self._bad_input.log(
+            logging.ERROR,
+            "row",
+            "stored session %s... cannot be read (%s); the client gets a new session, "
+            "the row is left untouched",
+            session_id[:6],
+            reason,
+        )
 
     def forget(self, session_id: str) -> None:
         """Drop any copy of ``session_id`` this process keeps besides the store."""
+        if self.cached is not None:
+            self.cached.forget(session_id)
+
+    def evict_idle(self) -> int:
+        """Drop cache entries idle for longer than ``memory_lifetime``."""
+        return self.cached.cache.evict_idle() if self.cached is not None else 0
 
     def decode_value(self, session_id: str | None, key: str, raw: bytes) -> t.Any:
         """Decode one stored value."""
@@ -207,122 +247,9 @@ class SessionManager:
             raise ValueError("id_generator must return 16-128 characters of A-Z a-z 0-9 - _")
         return session_id
 
-    # -- finishing a request -------------------------------------------------
-
     def lifetime(self, longterm: bool) -> float:
         """The idle lifetime in seconds for a normal or long-term session."""
         return self._longterm_lifetime if longterm else self._lifetime
-
-    def finish(self, session: Session, late: bool = False) -> Outcome | None:
-        """Turn what ``session`` did into an :class:`Outcome`; ``None`` if the
-        request never used its session. ``late`` means the headers are gone:
-        nothing that needs a new token can happen any more."""
-        if not session._loaded:
-            return None
-        out = Outcome()
-        if session._unsaved:
-            return out
-        now = self.clock()
-        record = session._record
-        if session._destroyed:
-            if record is not None:
-                out.delete.append(record.id)
-                self.stats.bump("destroyed")
-            out.clear = session._presented and not late
-            return out
-        changes = session._changes()
-        longterm = session._longterm
-        expires = now + self.lifetime(longterm)
-        if record is None:
-            wanted = bool(changes.set) or session._created or (session._consent and session._meta_changed)
-            if not wanted:
-                out.clear = session._rejected and not late
-                return out
-            if late:
-                self.stats.bump("late_changes_dropped")
-                log.warning(
-                    "a new session was written after the response started; "
-                    "its id cannot reach the client, so it is not saved"
-                )
-                return out
-            session_id = session.id
-            absolute = now + self._absolute if self._absolute is not None else None
-            out.diffs.append(
-                SessionDiff(
-                    session_id,
-                    changes.set,
-                    frozenset(),
-                    False,
-                    expires,
-                    absolute,
-                    longterm,
-                    created=now,
-                    create=True,
-                )
-            )
-            self.stats.bump("created")
-            self._issue(out, session, session_id, longterm, absolute, now)
-            return out
-        diff = SessionDiff(
-            record.id,
-            changes.set,
-            changes.delete,
-            changes.clear,
-            expires,
-            record.absolute,
-            longterm,
-            created=record.created,
-        )
-        if session._renew and not late:
-            new_id = self.new_id()
-            session._id = new_id
-            out.renew = (record.id, dataclasses.replace(diff, id=new_id, create=True))
-            self.stats.bump("renewed")
-            self._issue(out, session, new_id, longterm, record.absolute, now)
-            return out
-        last_touch = record.expires - self.lifetime(record.longterm)
-        if changes or session._meta_changed or session._force or self.config.always_save:
-            out.diffs.append(diff)
-        elif now - last_touch >= self._touch:
-            out.diffs.append(diff)
-            self.stats.bump("touches")
-        if late:
-            return out
-        max_age = self._max_age(session._consent, longterm, record.absolute, now)
-        token = session._token
-        if session._meta_changed or (
-            max_age is not None and token is not None and now - token.issued > max_age / 2
-        ):
-            self._issue(out, session, record.id, longterm, record.absolute, now)
-        return out
-
-    def _issue(
-        self,
-        out: Outcome,
-        session: Session,
-        session_id: str,
-        longterm: bool,
-        absolute: float | None,
-        now: float,
-    ) -> None:
-        """Put a new token for ``session_id`` in ``out``, bound to this client."""
-        consent = session._consent
-        binding = self.binding.fingerprint(session._environ)
-        out.send = self.signer.dumps(Token(session_id, consent, int(now)), binding)
-        out.max_age = self._max_age(consent, longterm, absolute, now)
-
-    def _max_age(self, consent: bool, longterm: bool, absolute: float | None, now: float) -> int | None:
-        if self._opt_in and not consent:
-            return None
-        if longterm:
-            max_age = self._longterm_lifetime
-        elif self.config.cookie_persistent:
-            max_age = self._lifetime
-        else:
-            return None
-        if absolute is not None:
-            max_age = min(max_age, absolute - now)
-        return max(0, int(max_age))
 
     # -- committing ------------------------------------------------------------
 
@@ -388,6 +315,15 @@ class SessionManager:
         if total:
             self.stats.bump("purged", total)
         return total
+
+
+def _sealed(store: Store, config: SessionConfig) -> Store:
+    """``store`` wrapped for encryption at rest when keys are configured."""
+    if not config.encryption_keys:
+        return store
+    from .crypto import SealedStore, Sealer
+
+    return t.cast("Store", SealedStore(store, Sealer(config.sealing_keys)))
 
 
 def _default_id() -> str:

@@ -20,10 +20,12 @@ Unsafe to use: in front of a cache that ignores ``Vary``, or with
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import typing as t
 
+from . import shutdown
 from .exceptions import StoreUnavailable
 from .manager import SessionManager
 from .session import Session
@@ -35,6 +37,7 @@ if t.TYPE_CHECKING:
 
     from .advanced import Advanced
     from .config import SessionConfig
+    from .flusher import FlushStats
     from .manager import Stats
     from .stores.base import Store
 
@@ -84,6 +87,7 @@ class SessionMiddleware:
         self._vary = self.manager.transport.vary
         self._retry_after = str(max(1, int(config.retry_after.total_seconds())))
         self._closed = False
+        shutdown.register(self)
 
     @property
     def advanced(self) -> Advanced:
@@ -94,6 +98,22 @@ class SessionMiddleware:
     def stats(self) -> Stats:
         """Counters of what the middleware did."""
         return self.manager.stats
+
+    @property
+    def flush_stats(self) -> FlushStats | None:
+        """Counters of the flush machinery (``None`` with an in-process store):
+        ``flushes``, ``flushed_diffs``, ``retries``, ``failures``,
+        ``pending`` (diffs waiting now) and ``lost`` (not saved at shutdown)."""
+        cached = self.manager.cached
+        return None if cached is None else cached.flusher.stats
+
+    def counters(self) -> dict[str, int]:
+        """Every counter in one flat dict, for metrics exporters."""
+        values = self.manager.stats.as_dict()
+        flush = self.flush_stats
+        if flush is not None:
+            values.update(dataclasses.asdict(flush))
+        return values
 
     def close(self) -> None:
         """Stop background threads and release the store. Idempotent."""
@@ -135,7 +155,7 @@ class SessionMiddleware:
         :raises StoreUnavailable: when the store cannot take the write.
         """
         manager = self.manager
-        outcome = manager.finish(session, late)
+        outcome = manager.finisher.finish(session, late)
         if outcome is None:
             return
         if not late:

@@ -154,12 +154,12 @@ class Session(MutableMapping[str, t.Any]):
             return decoded[key]
         if self._cleared or key in self._deleted:
             raise KeyError(key)
-        memo = self._memo
-        if key in memo:
-            return memo[key]
         raw = self._values.get(key)
         if raw is None or key == MOVED_KEY:
             raise KeyError(key)
+        memo = self._memo
+        if key in memo:
+            return memo[key]
         value = self._manager.decode_value(self._id, key, raw)
         if type(value) in IMMUTABLE_TYPES:
             memo[key] = value

@@ -1,0 +1,175 @@
+"""The per-process cache in front of a persistent store, kept coherent.
+
+Every gunicorn worker has its own memory, so a session cached by one worker
+can be changed by another. :class:`CachedStore` wraps a persistent store with
+a lock-sharded cache and never trusts a cached copy blindly:
+
+* **Validation** (the default): a cached record is used only after asking the
+  store for the session's *version* — one small round trip (an ``HGET`` on
+  Redis, a one-column ``SELECT`` on SQL). If it matches, the cached record
+  (already decrypted, decoded values memoised) is used; if not, the record is
+  loaded again. So a read-only request costs one round trip, a write two (the
+  check and the write), and every request sees every change committed before
+  it began, on any worker or host.
+* **Own writes**: a session with writes still pending in this process (the
+  store is down, or ``write_mode="background"``) is served from the cache,
+  which holds those writes merged in, so the process reads its own writes.
+* **Memory-only sessions**: in opt-in mode a session without consent lives in
+  this cache only and never reaches the store (so it is per worker).
+
+Strict writes go through the :class:`~wsgi_session.flusher.Flusher`'s group
+commit and the cache takes the records the store returns; background writes
+and expiry touches are merged into the cache at once and flushed within the
+flush interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from .cache import ShardedCache
+from .flusher import Flusher
+from .record import SessionRecord, apply_diff
+from .stores.base import Store
+
+if t.TYPE_CHECKING:
+    from .config import SessionConfig
+    from .record import SessionDiff
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Entry:
+    record: SessionRecord
+    local: bool = False
+
+
+class CachedStore(Store):
+    """A persistent store seen through this process's cache.
+
+    :param inner: the persistent store (possibly wrapped for encryption).
+    :param config: cache size, memory lifetime, write mode, pending bound.
+    """
+
+    def __init__(self, inner: Store, config: SessionConfig) -> None:
+        self.inner = inner
+        self.cache: ShardedCache[_Entry] = ShardedCache(
+            shards=config.cache_shards,
+            max_entries=config.cache_max_entries,
+            idle_seconds=config.memory_lifetime.total_seconds(),
+        )
+        self.flusher = Flusher(inner, config.max_pending_writes, on_written=self._written)
+        self._background = config.write_mode == "background"
+
+    @property
+    def expires_by_itself(self) -> bool:  # type: ignore[override]
+        """As the wrapped store."""
+        return self.inner.expires_by_itself
+
+    def setup(self) -> None:
+        self.inner.setup()
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        entry = self.cache.get(session_id)
+        if entry is not None:
+            if entry.local or self.flusher.has_pending(session_id):
+                return entry.record
+            version = self.inner.version(session_id)
+            if version == entry.record.version:
+                return entry.record
+            if version is None:
+                self.cache.pop(session_id)
+                return None
+        record = self.inner.load(session_id)
+        if record is None:
+            self.cache.pop(session_id)
+            return None
+        self.cache.put(session_id, _Entry(record))
+        return record
+
+    def version(self, session_id: str) -> int | None:
+        return self.inner.version(session_id)
+
+    def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
+        results: list[SessionRecord | None] = [None] * len(diffs)
+        strict: list[tuple[int, SessionDiff]] = []
+        queued: list[SessionDiff] = []
+        for index, diff in enumerate(diffs):
+            entry = self.cache.peek(diff.id)
+            if diff.local_only:
+                results[index] = self._apply_locally(diff, entry)
+                continue
+            if entry is not None and entry.local:
+                # Consent given: the memory-only session is stored in full.
+                diff = dataclasses.replace(diff, create=True, defaults=dict(entry.record.values))
+            if self._background or diff.is_touch:
+                results[index] = self._merge_into_cache(diff)
+                queued.append(diff)
+            else:
+                strict.append((index, diff))
+        if queued:
+            self.flusher.enqueue(queued)
+        if strict:
+            written = self.flusher.commit([diff for _, diff in strict])
+            for (index, diff), record in zip(strict, written, strict=True):
+                results[index] = record if record is not None else self._merge_into_cache(diff)
+        return results
+
+    def _apply_locally(self, diff: SessionDiff, entry: _Entry | None) -> SessionRecord | None:
+        if entry is not None and not entry.local:
+            self.inner.delete([diff.id])  # consent withdrawn: out of the store
+        merged = apply_diff(entry.record if entry is not None else None, diff)
+        if merged is None:
+            self.cache.pop(diff.id)
+        else:
+            self.cache.put(diff.id, _Entry(merged, local=True))
+        return merged
+
+    def _merge_into_cache(self, diff: SessionDiff) -> SessionRecord | None:
+        """Apply ``diff`` to the cached copy (own writes not yet in the store)."""
+
+        def merge(entry: _Entry | None) -> _Entry | None:
+            merged = apply_diff(entry.record if entry is not None else None, diff)
+            return None if merged is None else _Entry(merged)
+
+        entry = self.cache.update(diff.id, merge)
+        return None if entry is None else entry.record
+
+    def _written(self, diffs: t.Sequence[SessionDiff], results: list[SessionRecord | None]) -> None:
+        """Take the records the store returned into the cache."""
+        for diff, record in zip(diffs, results, strict=True):
+            if self.flusher.has_pending(diff.id):
+                continue  # newer own writes are merged in the cached copy
+            if record is None:
+                self.cache.pop(diff.id)
+            else:
+                self.cache.put(diff.id, _Entry(record))
+
+    def forget(self, session_id: str) -> None:
+        """Drop this process's copy of ``session_id``."""
+        self.cache.pop(session_id)
+
+    def delete(self, session_ids: t.Iterable[str]) -> None:
+        ids = list(session_ids)
+        self.flusher.discard(ids)
+        for session_id in ids:
+            self.cache.pop(session_id)
+        self.inner.delete(ids)
+
+    def count(self) -> int:
+        return self.inner.count()
+
+    def iter_ids(self, batch_size: int = 1000) -> t.Iterator[str]:
+        return self.inner.iter_ids(batch_size)
+
+    def purge_expired(self, now: float, limit: int = 1000) -> list[str]:
+        self.cache.remove_where(lambda entry: entry.record.is_expired(now), limit)
+        return self.inner.purge_expired(now, limit)
+
+    def clear(self) -> None:
+        self.cache.clear()
+        self.inner.clear()
+
+    def close(self) -> None:
+        self.flusher.close()
+        self.inner.close()

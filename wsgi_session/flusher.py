@@ -1,0 +1,249 @@
+"""Writing diffs to a persistent store: group commit, retry, shutdown.
+
+Two ways in:
+
+* :meth:`Flusher.commit` — *strict* writes. The calling request waits until
+  its diffs are in the store. Requests that arrive while a write is under way
+  queue up, and the next one to go takes the whole queue with it: every diff
+  waiting is written in one :meth:`~wsgi_session.stores.base.Store.apply` call
+  (one Redis pipeline, one SQL transaction). A lone request pays no thread
+  hand-off; a busy process pays one round trip per *batch*, not per request.
+* :meth:`Flusher.enqueue` — *background* writes and expiry touches. The diffs
+  join the pending queue and the flush thread writes them within
+  ``interval`` seconds.
+
+When the store fails, nothing is dropped: the diffs stay pending (in order,
+per session) and the flush thread retries with exponential backoff. A session
+with pending diffs keeps them in order — a later strict write of that session
+joins the queue behind them rather than overtaking. The queue is bounded by
+``max_pending``; past it :meth:`commit` raises
+:class:`~wsgi_session.exceptions.StoreUnavailable`, which the middleware turns
+into its outage answer. :meth:`close` flushes what it can; whatever still
+cannot be written is logged at ERROR, with the count, and counted as ``lost``.
+
+The flush thread survives every exception. No lock is held during I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import typing as t
+from collections import OrderedDict
+
+from .background import PeriodicTask
+from .exceptions import StoreError, StoreUnavailable
+
+if t.TYPE_CHECKING:
+    from .record import SessionDiff, SessionRecord
+    from .stores.base import Store
+
+log = logging.getLogger(__name__)
+
+Results = list["SessionRecord | None"]
+
+
+@dataclasses.dataclass
+class FlushStats:
+    """Counters of the flush machinery (read through ``middleware.stats``)."""
+
+    flushes: int = 0
+    flushed_diffs: int = 0
+    retries: int = 0
+    failures: int = 0
+    pending: int = 0
+    lost: int = 0
+
+
+class _Ticket:
+    """A strict commit waiting for its batch."""
+
+    __slots__ = ("diffs", "done", "error", "results")
+
+    def __init__(self, diffs: t.Sequence[SessionDiff]) -> None:
+        self.diffs = diffs
+        self.results: Results = []
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class Flusher:
+    """Group-committing writer in front of a :class:`Store`.
+
+    :param store: the store to write to.
+    :param max_pending: most diffs kept while the store is failing.
+    :param interval: how often the flush thread writes pending diffs.
+    :param on_written: called (outside any lock) with each batch's diffs and
+        the records the store returned, so a cache can take them.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        max_pending: int = 10_000,
+        interval: float = 0.05,
+        on_written: t.Callable[[t.Sequence[SessionDiff], Results], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._max_pending = max_pending
+        self._on_written = on_written
+        self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)
+        self._queue: list[_Ticket] = []
+        self._writing = False
+        self._pending: OrderedDict[str, list[SessionDiff]] = OrderedDict()
+        self._pending_count = 0
+        self._backoff = 0.0
+        self._next_try = 0.0
+        self.stats = FlushStats()
+        self._task = PeriodicTask("wsgi-session-flush", interval, self.flush_pending)
+
+    # -- strict writes ---------------------------------------------------------
+
+    def commit(self, diffs: t.Sequence[SessionDiff]) -> Results:
+        """Write ``diffs`` now (in a group with other waiting requests) and
+        return the stored records. If the store fails, the diffs are kept
+        pending and ``None`` results are returned.
+
+        :raises StoreUnavailable: the store failed and the pending queue is full.
+        """
+        self._task.ensure_running()
+        ticket = _Ticket(diffs)
+        with self._lock:
+            if any(diff.id in self._pending for diff in diffs):
+                self._defer(diffs)  # keep order behind this session's pending diffs
+                return [None] * len(diffs)
+            self._queue.append(ticket)
+            while not ticket.done and self._writing:
+                self._turn.wait()
+            if ticket.done:
+                return self._result(ticket)
+            self._writing = True
+            batch, self._queue = self._queue, []
+        try:
+            self._write_batch(batch)
+        finally:
+            with self._lock:
+                self._writing = False
+                self._turn.notify_all()
+        return self._result(ticket)
+
+    def _write_batch(self, batch: list[_Ticket]) -> None:
+        diffs = [diff for ticket in batch for diff in ticket.diffs]
+        try:
+            results = self._store.apply(diffs)
+        except StoreError as exc:
+            self.stats.failures += 1
+            log.warning("session store write failed (%s); %d diffs kept for retry", exc, len(diffs))
+            with self._lock:
+                for ticket in batch:
+                    try:
+                        self._defer(ticket.diffs)
+                        ticket.results = [None] * len(ticket.diffs)
+                    except StoreUnavailable as full:
+                        ticket.error = full
+                    ticket.done = True
+            return
+        self.stats.flushes += 1
+        self.stats.flushed_diffs += len(diffs)
+        if self._on_written is not None:
+            self._on_written(diffs, results)
+        position = 0
+        for ticket in batch:
+            ticket.results = results[position : position + len(ticket.diffs)]
+            position += len(ticket.diffs)
+            ticket.done = True
+
+    @staticmethod
+    def _result(ticket: _Ticket) -> Results:
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.results
+
+    # -- background writes ---------------------------------------------------------
+
+    def enqueue(self, diffs: t.Sequence[SessionDiff]) -> None:
+        """Queue ``diffs`` for the flush thread.
+
+        :raises StoreUnavailable: the pending queue is full.
+        """
+        self._task.ensure_running()
+        with self._lock:
+            self._defer(diffs)
+
+    def _defer(self, diffs: t.Sequence[SessionDiff]) -> None:
+        """Add to the pending queue (caller holds the lock)."""
+        if self._pending_count + len(diffs) > self._max_pending:
+            raise StoreUnavailable(f"{self._pending_count} session writes pending; queue full")
+        for diff in diffs:
+            self._pending.setdefault(diff.id, []).append(diff)
+        self._pending_count += len(diffs)
+        self.stats.pending = self._pending_count
+
+    def has_pending(self, session_id: str) -> bool:
+        """Whether writes of this session are waiting to be flushed."""
+        return session_id in self._pending
+
+    def discard(self, session_ids: t.Iterable[str]) -> None:
+        """Forget pending writes of deleted sessions."""
+        with self._lock:
+            for session_id in session_ids:
+                self._pending_count -= len(self._pending.pop(session_id, ()))
+            self.stats.pending = self._pending_count
+
+    def flush_pending(self, force: bool = False) -> bool:
+        """Write every pending diff in one batch (the flush thread calls this).
+        Respects the retry backoff unless ``force``. Returns whether the
+        queue is now empty."""
+        with self._lock:
+            if not self._pending:
+                return True
+            if not force and time.monotonic() < self._next_try:
+                return False
+            taken, self._pending = self._pending, OrderedDict()
+            count, self._pending_count = self._pending_count, 0
+        diffs = [diff for chain in taken.values() for diff in chain]
+        if self._backoff:
+            self.stats.retries += 1
+        try:
+            results = self._store.apply(diffs)
+        except Exception as exc:
+            self.stats.failures += 1
+            self._backoff = min(5.0, max(0.1, self._backoff * 2))
+            self._next_try = time.monotonic() + self._backoff
+            log.warning("session store flush failed (%s); retrying %d diffs in %.1fs",
+                        exc, count, self._backoff)  # fmt: skip
+            with self._lock:
+                for session_id, chain in reversed(taken.items()):
+                    newer = self._pending.pop(session_id, [])
+                    self._pending[session_id] = chain + newer
+                    self._pending.move_to_end(session_id, last=False)
+                self._pending_count += count
+                self.stats.pending = self._pending_count
+            return False
+        self._backoff = 0.0
+        self.stats.flushes += 1
+        self.stats.flushed_diffs += len(diffs)
+        with self._lock:
+            self.stats.pending = self._pending_count
+        if self._on_written is not None:
+            self._on_written(diffs, results)
+        return not self._pending
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush everything pending, retrying until ``timeout`` seconds have
+        passed, then stop the thread. What cannot be written is logged."""
+        self._task.stop()
+        deadline = time.monotonic() + timeout
+        while not self.flush_pending(force=True) and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        with self._lock:
+            left = self._pending_count
+            self._pending.clear()
+            self._pending_count = 0
+            self.stats.pending = 0
+        if left:
+            self.stats.lost += left
+            log.error("session store unreachable at shutdown: %d session writes were NOT saved", left)

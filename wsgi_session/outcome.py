@@ -1,0 +1,176 @@
+"""Deciding what the end of a request must do.
+
+When the view is done, :class:`Finisher` looks at what the request did to its
+:class:`~wsgi_session.session.Session` and produces an :class:`Outcome`: the
+diffs to commit, ids to delete, a renewal to perform, and whether the client
+needs a new token (``Set-Cookie``) or must drop its token. The rules:
+
+* a session that was never written is not created (no cookie, no row);
+* an existing session is written when data changed, when its long-term or
+  consent flag changed, on ``update_now()``/``always_save``, or when its
+  sliding expiry is due for a refresh (at most every ``touch_interval``);
+* a token is sent only when it must change: new, renewed, flags changed, or a
+  persistent cookie past half of its ``Max-Age``;
+* a rejected token (bad signature, unknown or expired id) is cleared if the
+  request did not create a session in its place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing as t
+
+from .record import SessionDiff
+from .signing import Token
+
+if t.TYPE_CHECKING:
+    from .manager import SessionManager
+    from .session import Session
+
+log = logging.getLogger("wsgi_session")
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    """What the end of a request must do."""
+
+    diffs: list[SessionDiff] = dataclasses.field(default_factory=list)
+    delete: list[str] = dataclasses.field(default_factory=list)
+    renew: tuple[str, SessionDiff] | None = None
+    send: str | None = None
+    max_age: int | None = None
+    clear: bool = False
+
+
+class Finisher:
+    """Turns a finished request's session into an :class:`Outcome`.
+
+    :param manager: supplies the clock, ids, signer, binding and counters.
+    """
+
+    def __init__(self, manager: SessionManager) -> None:
+        config = manager.config
+        self._manager = manager
+        self._opt_in = config.mode == "opt_in"
+        self._absolute = config.absolute_lifetime.total_seconds() if config.absolute_lifetime else None
+        self._touch = config.touch_interval.total_seconds()
+        self._cookie_persistent = config.cookie_persistent
+        self._always_save = config.always_save
+
+    def finish(self, session: Session, late: bool = False) -> Outcome | None:
+        """Turn what ``session`` did into an :class:`Outcome`; ``None`` if the
+        request never used its session. ``late`` means the headers are gone:
+        nothing that needs a new token can happen any more."""
+        if not session._loaded:
+            return None
+        m = self._manager
+        out = Outcome()
+        if session._unsaved:
+            return out
+        now = m.clock()
+        record = session._record
+        if session._destroyed:
+            if record is not None:
+                out.delete.append(record.id)
+                m.stats.bump("destroyed")
+            out.clear = session._presented and not late
+            return out
+        changes = session._changes()
+        longterm = session._longterm
+        # Opt-in mode: without consent the session stays in process memory.
+        local = self._opt_in and not session._consent
+        expires = now + m.lifetime(longterm)
+        if record is None:
+            wanted = bool(changes.set) or session._created or (session._consent and session._meta_changed)
+            if not wanted:
+                out.clear = session._rejected and not late
+                return out
+            if late:
+                m.stats.bump("late_changes_dropped")
+                log.warning(
+                    "a new session was written after the response started; "
+                    "its id cannot reach the client, so it is not saved"
+                )
+                return out
+            session_id = session.id
+            absolute = now + self._absolute if self._absolute is not None else None
+            out.diffs.append(
+                SessionDiff(
+                    session_id,
+                    changes.set,
+                    frozenset(),
+                    False,
+                    expires,
+                    absolute,
+                    longterm,
+                    created=now,
+                    create=True,
+                    local_only=local,
+                )
+            )
+            m.stats.bump("created")
+            self._issue(out, session, session_id, longterm, absolute, now)
+            return out
+        diff = SessionDiff(
+            record.id,
+            changes.set,
+            changes.delete,
+            changes.clear,
+            expires,
+            record.absolute,
+            longterm,
+            created=record.created,
+            local_only=local,
+        )
+        if session._renew and not late:
+            new_id = m.new_id()
+            session._id = new_id
+            out.renew = (record.id, dataclasses.replace(diff, id=new_id, create=True))
+            m.stats.bump("renewed")
+            self._issue(out, session, new_id, longterm, record.absolute, now)
+            return out
+        last_touch = record.expires - m.lifetime(record.longterm)
+        if changes or session._meta_changed or session._force or self._always_save:
+            out.diffs.append(diff)
+        elif now - last_touch >= self._touch:
+            out.diffs.append(diff)
+            m.stats.bump("touches")
+        if late:
+            return out
+        max_age = self._max_age(session._consent, longterm, record.absolute, now)
+        token = session._token
+        if session._meta_changed or (
+            max_age is not None and token is not None and now - token.issued > max_age / 2
+        ):
+            self._issue(out, session, record.id, longterm, record.absolute, now)
+        return out
+
+    def _issue(
+        self,
+        out: Outcome,
+        session: Session,
+        session_id: str,
+        longterm: bool,
+        absolute: float | None,
+        now: float,
+    ) -> None:
+        """Put a new token for ``session_id`` in ``out``, bound to this client."""
+        m = self._manager
+        consent = session._consent
+        binding = m.binding.fingerprint(session._environ)
+        out.send = m.signer.dumps(Token(session_id, consent, int(now)), binding)
+        out.max_age = self._max_age(consent, longterm, absolute, now)
+
+    def _max_age(self, consent: bool, longterm: bool, absolute: float | None, now: float) -> int | None:
+        if self._opt_in and not consent:
+            return None
+        if longterm:
+            max_age = self._manager.lifetime(True)
+        elif self._cookie_persistent:
+            max_age = self._manager.lifetime(False)
+        else:
+            return None
+        if absolute is not None:
+            max_age = min(max_age, absolute - now)
+        return max(0, int(max_age))
