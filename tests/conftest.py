@@ -8,6 +8,10 @@
 * :func:`view_app` — turns ``view(session, environ) -> str | bytes | None``
   into a plain WSGI app, so each test states only what its view does.
 * :func:`call_wsgi` — calls a WSGI app directly (thread-safe, unlike TestApp).
+
+Test modules import the helpers as ``from core_testkit import ...``: this
+module registers itself under that name, which another directory's
+``conftest.py`` (tests/stores/) cannot shadow the way it shadows ``conftest``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ SECRET = "test-secret-key-0123456789-abcdefghijklmnop"
 OLD_SECRET = "older-secret-key-0123456789-abcdefghijklmno"
 OTHER_SECRET = "unrelated-secret-0123456789-abcdefghijklmn"
 START = 1_800_000_000.0
+
+sys.modules.setdefault("core_testkit", sys.modules[__name__])
 
 View = t.Callable[[t.Any, dict[str, t.Any]], t.Any]
 

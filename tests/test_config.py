@@ -9,7 +9,7 @@ import pytest
 
 from wsgi_session import SessionConfig, TaggedJSONSerializer
 
-from .conftest import OLD_SECRET, SECRET
+from core_testkit import OLD_SECRET, SECRET
 
 
 def config(**fields):
@@ -28,7 +28,7 @@ def test_short_secret_rejected_with_its_index_and_length():
 def test_secret_length_is_counted_in_bytes_not_characters():
     # 16 characters, 32 bytes in UTF-8: long enough.
     ok = config(secret_keys=["é" * 16])
-    assert ok.secret_keys == ("é" * 16).encode()[:32] or len(ok.secret_keys[0]) == 32
+    assert ok.secret_keys == (("é" * 16).encode(),)
     with pytest.raises(ValueError, match="15 bytes"):
         config(secret_keys=[b"\x00" * 15])
 
@@ -249,12 +249,8 @@ def test_max_pending_writes_positive():
 # -- other callables ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("serializer", [object(), "json", TaggedJSONSerializer])
+@pytest.mark.parametrize("serializer", [object(), "json", 42])
 def test_bad_serializer_rejected(serializer):
-    # The class itself has dumps/loads, but unbound: still callable, so only
-    # objects lacking them are refused. Check the two plainly bad ones.
-    if serializer is TaggedJSONSerializer:
-        pytest.skip("a class with dumps/loads passes the duck-type check")
     with pytest.raises(ValueError, match=r"serializer must have dumps\(\) and loads\(\)"):
         config(serializer=serializer)
 
@@ -350,3 +346,27 @@ def test_replace_validates_again():
     assert cfg.cookie_name == "session"
     with pytest.raises(ValueError, match="mode must be one of"):
         cfg.replace(mode="nope")
+
+
+# -- bugs found while writing these tests ---------------------------------------------------
+
+
+@pytest.mark.xfail(
+    reason="BUG: config.py _COOKIE_NAME/_HEADER_NAME use '$', which also matches before a trailing "
+    "newline; use re.fullmatch or '\\Z'",
+    strict=True,
+)
+@pytest.mark.parametrize(("field", "value"), [("cookie_name", "session\n"), ("header_name", "X-Token\n")])
+def test_name_with_trailing_newline_rejected(field, value):
+    with pytest.raises(ValueError, match="is not a valid"):
+        config(**{field: value})
+
+
+@pytest.mark.xfail(
+    reason="BUG: config.py _as_bytes() calls bytes(key) on anything, so an int secret becomes that "
+    "many NUL bytes and is accepted; reject keys that are not str/bytes",
+    strict=True,
+)
+def test_non_string_secret_rejected():
+    with pytest.raises(ValueError, match="secret_keys"):
+        config(secret_keys=[64])
