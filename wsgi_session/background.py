@@ -50,6 +50,11 @@ class PeriodicTask:
         _tasks.add(self)
 
     @property
+    def started(self) -> bool:
+        """Whether this process has started the thread (cheap: no liveness check)."""
+        return self._thread is not None
+
+    @property
     def running(self) -> bool:
         """Whether the thread is alive in this process."""
         return self._thread is not None and self._thread.is_alive()

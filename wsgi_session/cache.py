@@ -76,7 +76,7 @@ class ShardedCache(t.Generic[V]):
 
     def get(self, key: str) -> V | None:
         """The value for ``key`` (marking it used), or ``None``."""
-        shard = self._shard(key)
+        shard = self._shards[hash(key) & self._mask]
         with shard.lock:
             entry = shard.entries.get(key)
             if entry is None:

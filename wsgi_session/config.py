@@ -34,12 +34,16 @@ MIN_SECRET_BYTES = 32
 #: Tokens longer than this are rejected before any parsing.
 MAX_TOKEN_BYTES = 4096
 
-_COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 
-def _as_bytes(secret: str | bytes) -> bytes:
-    return secret.encode() if isinstance(secret, str) else bytes(secret)
+def _as_bytes(secret: object) -> bytes:
+    if isinstance(secret, str):
+        return secret.encode()
+    if isinstance(secret, (bytes, bytearray)):
+        return bytes(secret)
+    raise ValueError(f"keys must be str or bytes, not {type(secret).__name__}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -251,9 +255,9 @@ class SessionConfig:
             raise ValueError("bind_ip needs at least one entry in bind_ip_sources")
 
     def _check_cookie(self) -> None:
-        if not _COOKIE_NAME.match(self.cookie_name):
+        if not _COOKIE_NAME.fullmatch(self.cookie_name):
             raise ValueError(f"cookie_name {self.cookie_name!r} is not a valid cookie name")
-        if not _HEADER_NAME.match(self.header_name):
+        if not _HEADER_NAME.fullmatch(self.header_name):
             raise ValueError(f"header_name {self.header_name!r} is not a valid header name")
         if not self.cookie_path.startswith("/"):
             raise ValueError("cookie_path must start with '/'")

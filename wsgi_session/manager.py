@@ -132,7 +132,7 @@ class SessionManager:
 
     def ensure_ready(self) -> None:
         """Create the store's schema and start the sweep, once per process."""
-        if self._ready and self.sweeper.running:
+        if self._ready and self.sweeper.started:
             return
         with self._setup_lock:
             if not self._ready:
@@ -179,7 +179,8 @@ class SessionManager:
             return None
         if record is None or MOVED_KEY in record.values:
             return None
-        if record.is_expired(self.clock()):
+        now = self.clock()
+        if now >= record.expires or (record.absolute is not None and now >= record.absolute):
             self.stats.bump("expired")
             self.store.delete([session_id])
             return None

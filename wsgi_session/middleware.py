@@ -28,6 +28,7 @@ import typing as t
 from . import shutdown
 from .exceptions import StoreUnavailable
 from .manager import SessionManager
+from .outcome import NOTHING
 from .session import Session
 from .stores.memory import MemoryStore
 
@@ -143,8 +144,8 @@ class SessionMiddleware:
         if not exchange.send_headers():
             _close(body)
             return exchange.outage()
-        if not session._loaded and type(body) in _PASS_THROUGH:
-            return body
+        if type(body) in _PASS_THROUGH:
+            return body  # complete already: nothing can change after this
         return _ClosingBody(exchange, body)
 
     # -- used by _Exchange ---------------------------------------------------
@@ -160,6 +161,8 @@ class SessionMiddleware:
             return
         if not late:
             _add_vary(headers, self._vary)
+        if outcome is NOTHING:
+            return
         if session._failure is not None and not manager.fail_open:
             raise session._failure
         record = manager.commit(outcome)

@@ -26,6 +26,7 @@ from .signing import Token
 
 if t.TYPE_CHECKING:
     from .manager import SessionManager
+    from .record import SessionRecord
     from .session import Session
 
 log = logging.getLogger("wsgi_session")
@@ -41,6 +42,11 @@ class Outcome:
     send: str | None = None
     max_age: int | None = None
     clear: bool = False
+
+
+#: The shared outcome of a request that used its session but has nothing to
+#: write or send (never mutated).
+NOTHING = Outcome()
 
 
 class Finisher:
@@ -64,19 +70,27 @@ class Finisher:
         nothing that needs a new token can happen any more."""
         if not session._loaded:
             return None
-        m = self._manager
-        out = Outcome()
         if session._unsaved:
-            return out
+            return NOTHING
+        m = self._manager
         now = m.clock()
         record = session._record
+        changes = session._changes()
+        if (
+            record is not None
+            and not (changes or session._renew or session._meta_changed or session._force)
+            and not (self._always_save or session._destroyed)
+            and now - record.expires + m.lifetime(record.longterm) < self._touch
+            and (late or not self._refresh_due(session, record, now))
+        ):
+            return NOTHING  # the read-only request: nothing to write or send
+        out = Outcome()
         if session._destroyed:
             if record is not None:
                 out.delete.append(record.id)
                 m.stats.bump("destroyed")
             out.clear = session._presented and not late
             return out
-        changes = session._changes()
         longterm = session._longterm
         # Opt-in mode: without consent the session stays in process memory.
         local = self._opt_in and not session._consent
@@ -145,6 +159,14 @@ class Finisher:
         ):
             self._issue(out, session, record.id, longterm, record.absolute, now)
         return out
+
+    def _refresh_due(self, session: Session, record: SessionRecord, now: float) -> bool:
+        """Whether a persistent cookie is past half of its ``Max-Age``."""
+        token = session._token
+        if token is None:
+            return False
+        max_age = self._max_age(session._consent, record.longterm, record.absolute, now)
+        return max_age is not None and now - token.issued > max_age / 2
 
     def _issue(
         self,

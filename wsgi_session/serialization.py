@@ -20,8 +20,9 @@ Python type       encoded as                          example
 ``Decimal``       ``{"\\u0000n": "1.10"}``                 exact digits
 ================  ==================================  ===========================
 
-A user ``dict`` that itself has a single key starting with NUL is wrapped as
-``{"\\u0000dict": {...}}`` so it cannot be mistaken for a tag. Dictionary keys
+A user ``dict`` that itself has a single key starting with NUL has one more NUL
+put in front of that key (``{"\\u0000x": 1}`` is written ``{"\\u0000\\u0000x": 1}``),
+so it cannot be mistaken for a tag; loading takes the extra NUL off again. Dictionary keys
 must be strings (JSON would silently turn ``1`` into ``"1"``), so a non-string
 key is a :class:`TypeError`, as is any type not listed above.
 
@@ -75,8 +76,10 @@ def _tag(value: t.Any) -> t.Any:
             if type(key) is not str:
                 raise TypeError(f"dict keys must be str, not {type(key).__name__}")
             out[key] = _tag(item)
-        if len(out) == 1 and next(iter(out)).startswith(_TAG):
-            return {_TAG + "dict": out}
+        if len(out) == 1:
+            (only,) = out
+            if only.startswith(_TAG):
+                return {_TAG + only: out[only]}
         return out
     if kind is tuple:
         return {_TAG + "tu": [_tag(item) for item in value]}
@@ -103,7 +106,6 @@ def _stable_key(item: t.Any) -> str:
 
 
 _UNTAG: dict[str, t.Callable[[t.Any], t.Any]] = {
-    _TAG + "dict": lambda v: v,
     _TAG + "tu": tuple,
     _TAG + "s": set,
     _TAG + "fs": frozenset,
@@ -120,6 +122,8 @@ def _untag(obj: dict[str, t.Any]) -> t.Any:
     if len(obj) == 1:
         key = next(iter(obj))
         if key.startswith(_TAG):
+            if key.startswith(_TAG + _TAG):  # an escaped user key, not a tag
+                return {key[1:]: obj[key]}
             convert = _UNTAG.get(key)
             if convert is None:
                 raise ValueError(f"unknown tag {key[1:]!r}")
@@ -148,5 +152,5 @@ class TaggedJSONSerializer:
         (which includes JSON and base64 errors) on malformed input."""
         try:
             return self._decode(data.decode())
-        except (TypeError, KeyError, AttributeError) as exc:  # wrong shapes inside tags
+        except (TypeError, KeyError, AttributeError, ArithmeticError) as exc:  # bad tag contents
             raise ValueError(f"malformed tagged JSON: {exc}") from exc

@@ -48,6 +48,9 @@ class Changes(t.NamedTuple):
         return bool(self.set or self.delete or self.clear)
 
 
+_NO_CHANGES = Changes({}, frozenset(), False)
+
+
 class Session(MutableMapping[str, t.Any]):
     """A request's view of its session: ``MutableMapping[str, Any]``.
 
@@ -325,6 +328,8 @@ class Session(MutableMapping[str, t.Any]):
         """Encode what changed since the snapshot. A value that can no longer
         be encoded (a nested mutation added something unsupported) is logged
         and skipped: the stored value stays as it was."""
+        if not (self._decoded or self._deleted or self._cleared):
+            return _NO_CHANGES  # the common read-only request
         changed: dict[str, bytes] = {}
         baseline = self._values
         cleared = self._cleared

@@ -110,7 +110,7 @@ class TokenSigner:
             key_derivation="none",
             digest_method=hashlib.sha256,
         )
-        self._verified: dict[str, Token] = {}
+        self._verified: dict[tuple[str, str], Token] = {}
 
     def dumps(self, token: Token, binding: str = "") -> str:
         """The signed token string for ``token``."""
@@ -125,7 +125,7 @@ class TokenSigner:
         :raises BadSignature: signed with none of the keys, or for another
             client binding.
         """
-        cache_key = f"{value}\x1f{binding}" if binding else value
+        cache_key = (value, binding)
         cached = self._verified.get(cache_key)
         if cached is not None:
             return cached
@@ -147,11 +147,6 @@ class TokenSigner:
             self._verified.clear()
         self._verified[cache_key] = token
         return token
-
-    def forget(self, value: str) -> None:
-        """Drop ``value`` from the verified-token memo (after destroy/renew it
-        still verifies, but its id is gone from the store)."""
-        self._verified.pop(value, None)
 
 
 def _base36(number: int) -> str:

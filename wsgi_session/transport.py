@@ -25,6 +25,8 @@ if t.TYPE_CHECKING:
 
 Headers = list[tuple[str, str]]
 
+_PARSED_MAX = 65_536
+
 
 class Transport(t.Protocol):
     """What the middleware needs from a carrier."""
@@ -57,6 +59,9 @@ class CookieTransport:
         self.name = config.effective_cookie_name
         self.vary = "Cookie"
         self._needle = self.name + "="
+        #: Cookie header -> our cookie's values. Browsers send the same header
+        #: again and again, so parsing is remembered (bounded, cleared when full).
+        self._parsed: dict[str, tuple[str, ...]] = {}
         self._attributes: dict[str, t.Any] = {
             "path": config.cookie_path,
             "domain": config.cookie_domain,
@@ -70,6 +75,15 @@ class CookieTransport:
         header = environ.get("HTTP_COOKIE")
         if not header:
             return ()
+        found = self._parsed.get(header)
+        if found is None:
+            found = self._parse(header)
+            if len(self._parsed) >= _PARSED_MAX:
+                self._parsed.clear()
+            self._parsed[header] = found
+        return found
+
+    def _parse(self, header: str) -> tuple[str, ...]:
         needle = self._needle
         start = header.find(needle)
         if start == -1:
@@ -81,7 +95,7 @@ class CookieTransport:
             value = (header[value_start:] if end == -1 else header[value_start:end]).strip()
             if not value.startswith('"'):
                 return (value,) if value else ()
-        return [value for value in parse_cookie(header).getlist(self.name) if value]
+        return tuple(value for value in parse_cookie(header).getlist(self.name) if value)
 
     def send(self, headers: Headers, token: str, max_age: int | None) -> None:
         headers.append(("Set-Cookie", dump_cookie(self.name, token, max_age=max_age, **self._attributes)))
