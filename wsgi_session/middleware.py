@@ -141,10 +141,13 @@ class SessionMiddleware:
             return exchange.outage()
         if exchange.status is None:
             return _LazyBody(exchange, body)
+        started_early = exchange.server_write is not None  # the app used write()
         if not exchange.send_headers():
             _close(body)
             return exchange.outage()
         if type(body) in _PASS_THROUGH:
+            if started_early:
+                exchange.finish_late()
             return body  # complete already: nothing can change after this
         return _ClosingBody(exchange, body)
 

@@ -7,6 +7,13 @@ deleted, and the new deadlines. :func:`apply_diff` is the one definition of how
 a diff merges into a record, used by every store that merges in Python.
 
 Times are seconds since the epoch (floats), as the configured clock gives them.
+
+Both classes are *values*: nothing mutates one after it is built, which is
+what lets a request keep a record as its snapshot while other threads replace
+it. They are not declared ``frozen`` only because a frozen dataclass pays
+``object.__setattr__`` per field on construction — four times the cost, on
+every write of every request. Build a new one (``dataclasses.replace``)
+instead of assigning to a field.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import typing as t
 MOVED_KEY = "\x00moved"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class SessionRecord:
     """One stored session.
 
@@ -61,7 +68,7 @@ class SessionRecord:
         return None if target is None else target.decode()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class SessionDiff:
     """What one request changed in one session.
 
@@ -91,7 +98,7 @@ class SessionDiff:
     longterm: bool
     created: float
     create: bool = False
-    defaults: t.Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    defaults: t.Mapping[str, bytes] | None = None
     local_only: bool = False
 
     @property
@@ -111,7 +118,7 @@ def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord
     if record is None:
         if not diff.create:
             return None
-        values = dict(diff.defaults)
+        values = dict(diff.defaults) if diff.defaults else {}
         values.update(diff.set)
         return SessionRecord(
             id=diff.id,
@@ -128,8 +135,9 @@ def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord
         values = dict(diff.set)
     else:
         values = dict(record.values)
-        for key, value in diff.defaults.items():
-            values.setdefault(key, value)
+        if diff.defaults:
+            for key, value in diff.defaults.items():
+                values.setdefault(key, value)
         for key in diff.delete:
             values.pop(key, None)
         values.update(diff.set)

@@ -5,7 +5,7 @@ A token is ``<id>.<flags>.<issued>.<signature>``:
 * ``id`` — the session id (16 to 128 URL-safe characters);
 * ``flags`` — ``"1"`` if the user consented to storage (opt-in mode), else
   ``"0"``; signed, so a client cannot grant itself consent;
-* ``issued`` — when the token was issued, base-36 seconds; tells the
+* ``issued`` — when the token was issued, hexadecimal epoch seconds; tells the
   middleware when a persistent cookie is due for a refresh;
 * ``signature`` — HMAC-SHA256 (itsdangerous) over the rest *and* the client
   binding (IP address sources, user agent) when enabled. The binding is not in
@@ -38,7 +38,7 @@ if t.TYPE_CHECKING:
 
     from .config import SessionConfig
 
-_TOKEN = re.compile(r"([A-Za-z0-9_-]{16,128})\.([01])\.([0-9a-z]{1,10})\.([A-Za-z0-9_-]{20,100})\Z")
+_TOKEN = re.compile(r"([A-Za-z0-9_-]{16,128})\.([01])\.([0-9a-f]{1,12})\.([A-Za-z0-9_-]{20,100})\Z")
 _ID = re.compile(r"[A-Za-z0-9_-]{16,128}\Z")
 _VERIFIED_MAX = 65_536
 _SIGN_PURPOSE = b"wsgi_session token signing v1"
@@ -114,7 +114,7 @@ class TokenSigner:
 
     def dumps(self, token: Token, binding: str = "") -> str:
         """The signed token string for ``token``."""
-        body = f"{token.id}.{'1' if token.consent else '0'}.{_base36(token.issued)}"
+        body = f"{token.id}.{'1' if token.consent else '0'}.{token.issued:x}"
         signature = self._signer.get_signature(f"{body}\x1f{binding}").decode("ascii")
         return f"{body}.{signature}"
 
@@ -142,19 +142,8 @@ class TokenSigner:
             valid = False
         if not valid:
             raise BadSignature("token signature does not verify", value)
-        token = Token(session_id, flags == "1", int(issued, 36))
+        token = Token(session_id, flags == "1", int(issued, 16))
         if len(self._verified) >= _VERIFIED_MAX:
             self._verified.clear()
         self._verified[cache_key] = token
         return token
-
-
-def _base36(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    if number <= 0:
-        return "0"
-    out = []
-    while number:
-        number, rem = divmod(number, 36)
-        out.append(digits[rem])
-    return "".join(reversed(out))

@@ -13,10 +13,11 @@ same response header; an empty value tells the client to drop its token.
 
 from __future__ import annotations
 
+import time
 import typing as t
 from datetime import UTC, datetime
 
-from werkzeug.http import dump_cookie, parse_cookie
+from werkzeug.http import dump_cookie, http_date, parse_cookie
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -70,6 +71,8 @@ class CookieTransport:
             "samesite": config.cookie_same_site,
             "partitioned": config.cookie_partitioned,
         }
+        rendered = dump_cookie(self.name, "x", **self._attributes)
+        self._suffix = rendered[len(self.name) + 2 :]  # "; HttpOnly; Path=/; ..."
 
     def read(self, environ: WSGIEnvironment) -> t.Sequence[str]:
         header = environ.get("HTTP_COOKIE")
@@ -98,7 +101,15 @@ class CookieTransport:
         return tuple(value for value in parse_cookie(header).getlist(self.name) if value)
 
     def send(self, headers: Headers, token: str, max_age: int | None) -> None:
-        headers.append(("Set-Cookie", dump_cookie(self.name, token, max_age=max_age, **self._attributes)))
+        # Tokens hold only URL-safe base64 and dots, which need no quoting, so
+        # the cookie is the name, the token, the expiry and the attributes
+        # werkzeug rendered once in __init__.
+        if max_age is None:
+            cookie = f"{self.name}={token}{self._suffix}"
+        else:
+            expires = http_date(time.time() + max_age)
+            cookie = f"{self.name}={token}; Expires={expires}; Max-Age={max_age}{self._suffix}"
+        headers.append(("Set-Cookie", cookie))
 
     def clear(self, headers: Headers) -> None:
         headers.append(

@@ -13,6 +13,7 @@ import functools
 import logging
 import typing as t
 
+from .._logging import RateLimitedLog
 from ..cache import ShardedCache
 from ..record import SessionRecord, apply_diff
 from .base import Store
@@ -20,6 +21,7 @@ from .base import Store
 if t.TYPE_CHECKING:
     from ..record import SessionDiff
 log = logging.getLogger(__name__)
+_full = RateLimitedLog(log)
 
 
 class MemoryStore(Store):
@@ -42,7 +44,7 @@ class MemoryStore(Store):
 
     @staticmethod
     def _evicted(session_id: str) -> None:
-        log.warning("memory store full: least recently used session evicted")
+        _full.warning("evicted", "memory store full: least recently used sessions are being evicted")
 
     @property
     def evicted(self) -> int:
