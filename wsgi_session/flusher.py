@@ -138,6 +138,8 @@ class Flusher:
             self.stats.failures += 1
             log.warning("session store write failed (%s); %d diffs kept for retry", exc, len(diffs))
             with self._lock:
+                self._backoff = max(self._backoff, 0.1)
+                self._next_try = time.monotonic() + self._backoff
                 for ticket in batch:
                     try:
                         self._defer(ticket.diffs)

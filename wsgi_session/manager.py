@@ -28,7 +28,7 @@ from ._logging import RateLimitedLog
 from .advanced import Advanced
 from .background import PeriodicTask
 from .coherence import CachedStore
-from .exceptions import BadStoredData, BadToken
+from .exceptions import BadStoredData, BadToken, StoreError
 from .outcome import Finisher
 from .record import MOVED_KEY, SessionDiff, SessionRecord, forwarding_stub
 from .serialization import IMMUTABLE_TYPES, TaggedJSONSerializer
@@ -136,7 +136,12 @@ class SessionManager:
             return
         with self._setup_lock:
             if not self._ready:
-                self.store.setup()
+                try:
+                    self.store.setup()
+                except StoreError as exc:
+                    # Tried again on the next request; this one gets the outage policy.
+                    self._bad_input.warning("setup", "session store setup failed: %s", exc)
+                    return
                 self._ready = True
         self.sweeper.ensure_running()
         if self.cached is not None:
