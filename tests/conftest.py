@@ -28,8 +28,8 @@ from werkzeug.test import EnvironBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsgi_session import SessionConfig, SessionMiddleware  # noqa: E402
-from wsgi_session.stores import MemoryStore  # noqa: E402
+from wsgi_session import SessionConfig, SessionMiddleware
+from wsgi_session.stores import MemoryStore
 
 SECRET = "test-secret-key-0123456789-abcdefghijklmnop"
 OLD_SECRET = "older-secret-key-0123456789-abcdefghijklmno"
@@ -76,23 +76,24 @@ def make_config(**overrides: t.Any) -> SessionConfig:
     return SessionConfig(**overrides)
 
 
-def _body(value: t.Any) -> bytes:
+def _body(value: t.Any) -> tuple[bytes, str]:
     if value is None:
-        return b""
+        return b"", "text/plain"
     if isinstance(value, bytes):
-        return value
+        return value, "text/plain"
     if isinstance(value, str):
-        return value.encode()
-    return json.dumps(value, sort_keys=True).encode()
+        return value.encode(), "text/plain"
+    return json.dumps(value, sort_keys=True).encode(), "application/json"
 
 
 def view_app(view: View, headers: t.Sequence[tuple[str, str]] = ()) -> t.Callable[..., t.Any]:
     """A plain WSGI app: runs ``view(environ["session"], environ)`` and answers
-    200 with its return value (str, bytes, or anything JSON-encodable)."""
+    200 with its return value: str or bytes as text/plain, anything else as
+    JSON (sorted keys)."""
 
     def app(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) -> list[bytes]:
-        body = _body(view(environ["session"], environ))
-        start_response("200 OK", [("Content-Type", "text/plain"), *headers])
+        body, content_type = _body(view(environ["session"], environ))
+        start_response("200 OK", [("Content-Type", content_type), *headers])
         return [body]
 
     return app
@@ -190,7 +191,7 @@ def token_of(response: t.Any, name: str = "session") -> str:
 
 def id_of(token: str) -> str:
     """The session id inside a token ``id.flags.issued.signature``."""
-    return token.split(".")[0]
+    return token.split(".", maxsplit=1)[0]
 
 
 def header_values(response: t.Any, name: str) -> list[str]:
@@ -251,3 +252,57 @@ def call_wsgi(app: t.Any, environ: dict[str, t.Any] | None = None, **kwargs: t.A
         if close is not None:
             close()
     return WSGIResult(captured["status"], captured["headers"], b"".join(out))
+
+
+# -- a client whose view runs whatever the test hands it ----------------------------
+
+
+def read_session(session: t.Any) -> t.Any:
+    """The default script: return the session's contents."""
+    return dict(session)
+
+
+class Scripted:
+    """A webtest client around a middleware whose view runs ``fn(session)``
+    given to :meth:`run`; the return value is the response body (see
+    :func:`view_app`). Assertions inside ``fn`` fail the test."""
+
+    def __init__(self, make_middleware: t.Callable[..., SessionMiddleware], store: t.Any, **fields: t.Any):
+        self._fn: t.Callable[[t.Any], t.Any] = read_session
+        app = view_app(lambda session, environ: self._fn(session))
+        self.middleware = make_middleware(app, store, **fields)
+        self.client = webtest.TestApp(self.middleware)
+
+    def run(self, fn: t.Callable[[t.Any], t.Any] | None = None, path: str = "/", **kwargs: t.Any) -> t.Any:
+        """One GET request whose view calls ``fn(session)`` (default: read all)."""
+        self._fn = fn or read_session
+        return self.client.get(path, **kwargs)
+
+    @property
+    def store(self) -> t.Any:
+        return self.middleware.store
+
+    @property
+    def cookie(self) -> str | None:
+        """The session token in the client's cookie jar, if any."""
+        return self.client.cookies.get(self.middleware.config.effective_cookie_name)
+
+    @property
+    def session_id(self) -> str:
+        cookie = self.cookie
+        assert cookie, "the client holds no session cookie"
+        return id_of(cookie)
+
+    def record(self, session_id: str | None = None) -> t.Any:
+        """The raw stored record of the client's session (or of ``session_id``)."""
+        return self.store.load(session_id or self.session_id)
+
+
+@pytest.fixture
+def scripted(make_middleware: t.Callable[..., SessionMiddleware]) -> t.Callable[..., Scripted]:
+    """``scripted(store=None, **config_fields) -> Scripted``."""
+
+    def factory(store: t.Any = None, **fields: t.Any) -> Scripted:
+        return Scripted(make_middleware, store, **fields)
+
+    return factory

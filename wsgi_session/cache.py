@@ -102,23 +102,26 @@ class ShardedCache(t.Generic[V]):
             evicted = self._trim(shard)
         self._report(evicted)
 
-    def update(self, key: str, merge: t.Callable[[V | None], V | None]) -> V | None:
-        """Atomically replace the value with ``merge(current)``.
+    def update(self, key: str, merge: t.Callable[..., V | None], *args: t.Any) -> V | None:
+        """Atomically replace the value with ``merge(current, *args)``.
 
         ``merge`` runs under the shard lock and must not block. A ``None``
         result removes the key. Returns the new value.
         """
-        shard = self._shard(key)
+        shard = self._shards[hash(key) & self._mask]
         with shard.lock:
-            entry = shard.entries.get(key)
-            value = merge(None if entry is None else entry[0])
+            entries = shard.entries
+            entry = entries.get(key)
+            value = merge(None if entry is None else entry[0], *args)
             if value is None:
-                shard.entries.pop(key, None)
+                entries.pop(key, None)
                 return None
-            shard.entries[key] = (value, self._clock())
-            shard.entries.move_to_end(key)
-            evicted = self._trim(shard)
-        self._report(evicted)
+            entries[key] = (value, 0.0 if self._idle is None else self._clock())
+            if entry is not None:
+                entries.move_to_end(key)
+            evicted = self._trim(shard) if len(entries) > self._per_shard else None
+        if evicted:
+            self._report(evicted)
         return value
 
     def pop(self, key: str) -> V | None:

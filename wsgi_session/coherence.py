@@ -128,11 +128,7 @@ class CachedStore(Store):
     def _merge_into_cache(self, diff: SessionDiff) -> SessionRecord | None:
         """Apply ``diff`` to the cached copy (own writes not yet in the store)."""
 
-        def merge(entry: _Entry | None) -> _Entry | None:
-            merged = apply_diff(entry.record if entry is not None else None, diff)
-            return None if merged is None else _Entry(merged)
-
-        entry = self.cache.update(diff.id, merge)
+        entry = self.cache.update(diff.id, _merge_entry, diff)
         return None if entry is None else entry.record
 
     def _written(self, diffs: t.Sequence[SessionDiff], results: list[SessionRecord | None]) -> None:
@@ -173,3 +169,8 @@ class CachedStore(Store):
     def close(self) -> None:
         self.flusher.close()
         self.inner.close()
+
+
+def _merge_entry(entry: _Entry | None, diff: SessionDiff) -> _Entry | None:
+    merged = apply_diff(entry.record if entry is not None else None, diff)
+    return None if merged is None else _Entry(merged)

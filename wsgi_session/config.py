@@ -38,12 +38,12 @@ _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 
-def _as_bytes(secret: object) -> bytes:
+def _as_bytes(name: str, index: int, secret: object) -> bytes:
     if isinstance(secret, str):
         return secret.encode()
     if isinstance(secret, (bytes, bytearray)):
         return bytes(secret)
-    raise ValueError(f"keys must be str or bytes, not {type(secret).__name__}")
+    raise ValueError(f"{name}[{index}] must be str or bytes, not {type(secret).__name__}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -225,7 +225,7 @@ class SessionConfig:
     def _check_keys(name: str, keys: t.Any, required: bool) -> tuple[bytes, ...]:
         if isinstance(keys, (str, bytes)):
             raise ValueError(f"{name} must be a list of keys, newest first, not a single string")
-        checked = tuple(_as_bytes(key) for key in keys)
+        checked = tuple(_as_bytes(name, index, key) for index, key in enumerate(keys))
         if required and not checked:
             raise ValueError(f"{name} needs at least one key")
         for index, key in enumerate(checked):

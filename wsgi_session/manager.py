@@ -45,6 +45,7 @@ if t.TYPE_CHECKING:
 log = logging.getLogger("wsgi_session")
 
 _MAX_FORWARD_HOPS = 4
+_MAX_ID_ATTEMPTS = 16
 #: Marks a record whose values were all decoded once (a memo key no user key equals).
 _DECODED = "\x00decoded"
 
@@ -59,8 +60,10 @@ class Found(t.NamedTuple):
 
 @dataclasses.dataclass
 class Stats:
-    """Counters, readable as ``middleware.stats``. Updated under a lock;
-    only events off the hot path are counted."""
+    """Counters, readable as ``middleware.stats``.
+
+    They are for monitoring, so they are updated without a lock: under heavy
+    contention between threads an increment can, rarely, be lost."""
 
     created: int = 0
     renewed: int = 0
@@ -76,14 +79,11 @@ class Stats:
     forwarded_writes: int = 0
     dropped_writes: int = 0
     unreadable_rows: int = 0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
+    discarded_on_error: int = 0
 
     def bump(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to counter ``name``."""
-        with self._lock:
-            setattr(self, name, getattr(self, name) + amount)
+        setattr(self, name, getattr(self, name) + amount)
 
     def as_dict(self) -> dict[str, int]:
         """A snapshot of every counter."""
@@ -247,11 +247,22 @@ class SessionManager:
             return None
 
     def new_id(self) -> str:
-        """A fresh session id from the configured generator."""
-        session_id = self._new_raw_id()
-        if not is_valid_id(session_id):
-            raise ValueError("id_generator must return 16-128 characters of A-Z a-z 0-9 - _")
-        return session_id
+        """A fresh session id from the configured generator.
+
+        The default generator's 192 random bits make a collision
+        negligible, so its ids are used as they come. A custom
+        ``id_generator`` may be weaker: its ids are checked against the
+        store and drawn again if taken, so two visitors never share a session.
+        """
+        if self._new_raw_id is _default_id:
+            return _default_id()
+        for _ in range(_MAX_ID_ATTEMPTS):
+            session_id = self._new_raw_id()
+            if not is_valid_id(session_id):
+                raise ValueError("id_generator must return 16-128 characters of A-Z a-z 0-9 - _")
+            if not self.store.exists(session_id):
+                return session_id
+        raise RuntimeError(f"id_generator returned {_MAX_ID_ATTEMPTS} ids in a row that are taken")
 
     def lifetime(self, longterm: bool) -> float:
         """The idle lifetime in seconds for a normal or long-term session."""
@@ -284,7 +295,8 @@ class SessionManager:
                     record = None
                     break
                 self.stats.bump("forwarded_writes")
-                diff = dataclasses.replace(diff, id=record.values[MOVED_KEY].decode(), create=True)
+                # Never create=True: a renewed session destroyed since must stay gone.
+                diff = dataclasses.replace(diff, id=record.values[MOVED_KEY].decode(), create=False)
                 record = self.store.apply([diff])[0]
             if record is None:
                 self.stats.bump("dropped_writes")
@@ -294,18 +306,25 @@ class SessionManager:
     def _renew(self, old_id: str, new: SessionDiff) -> SessionRecord | None:
         """Move ``old_id``'s data to ``new.id`` without losing concurrent writes.
 
-        1. Mark the old record as moved (its data stays until the stub
-           expires): from now on every write to the old id is forwarded.
-        2. Create the new record from this request's changes, with the old
-           data as *defaults* underneath: a forwarded write that reached the
-           new id first is not overwritten by older data.
+        1. Create the new record with this request's changes only.
+        2. Turn the old record into a forwarding stub (its data stays until
+           the stub expires): from now on every write to the old id is
+           forwarded to the new one — never re-creating it, so a logout
+           (destroy) of the new id sticks.
+        3. Copy the old data into the new record as *defaults*: keys a
+           forwarded write already set there are not overwritten with older
+           values, and keys this request deleted do not come back.
         """
         now = self.clock()
+        created = self.apply([new])[0]
         old = self.store.apply([forwarding_stub(old_id, new.id, now, self._grace)])[0]
-        base: dict[str, bytes] = {}
-        if old is not None and not new.clear:
-            base = {k: v for k, v in old.values.items() if k != MOVED_KEY}
-        return self.apply([dataclasses.replace(new, defaults=base)])[0]
+        if old is None or new.clear or created is None:
+            return created
+        base = {k: v for k, v in old.values.items() if k != MOVED_KEY and k not in new.delete}
+        if not base:
+            return created
+        fill = dataclasses.replace(new, set={}, delete=frozenset(), create=False, defaults=base)
+        return self.apply([fill])[0]
 
     # -- maintenance -------------------------------------------------------------
 

@@ -153,12 +153,20 @@ class SessionMiddleware:
 
     # -- used by _Exchange ---------------------------------------------------
 
-    def finish(self, session: Session, headers: list[tuple[str, str]], late: bool) -> None:
+    def finish(self, session: Session, headers: list[tuple[str, str]], late: bool, status: str = "") -> None:
         """Commit the session's changes and add the headers they need.
+
+        A server error (5xx) commits nothing, as Django does: the request
+        failed, so its half-done changes are not kept.
 
         :raises StoreUnavailable: when the store cannot take the write.
         """
         manager = self.manager
+        if not late and status[:1] == "5" and session._loaded:
+            _add_vary(headers, self._vary)
+            session._unsaved = True
+            manager.stats.bump("discarded_on_error")
+            return
         outcome = manager.finisher.finish(session, late)
         if outcome is None:
             return
@@ -238,7 +246,7 @@ class _Exchange:
         if self.server_write is not None:
             return True
         try:
-            self.middleware.finish(self.session, self.headers, late=False)
+            self.middleware.finish(self.session, self.headers, late=False, status=self.status or "")
         except StoreUnavailable:
             log.warning("session store unavailable; answering 503", exc_info=True)
             return False

@@ -103,8 +103,8 @@ class SessionDiff:
 
     @property
     def is_touch(self) -> bool:
-        """Whether only the deadlines change."""
-        return not (self.set or self.delete or self.clear or self.defaults)
+        """Whether only the deadlines of an existing record change."""
+        return not (self.create or self.set or self.delete or self.clear or self.defaults)
 
 
 def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord | None:
@@ -119,6 +119,8 @@ def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord
         if not diff.create:
             return None
         values = dict(diff.defaults) if diff.defaults else {}
+        for key in diff.delete:
+            values.pop(key, None)
         values.update(diff.set)
         return SessionRecord(
             id=diff.id,

@@ -131,6 +131,10 @@ def _untag(obj: dict[str, t.Any]) -> t.Any:
     return obj
 
 
+_encode_str = json.encoder.encode_basestring
+_CONSTANTS = {True: b"true", False: b"false", None: b"null"}
+
+
 class TaggedJSONSerializer:
     """The default serializer: compact tagged JSON, UTF-8 encoded.
 
@@ -143,13 +147,19 @@ class TaggedJSONSerializer:
     def dumps(self, value: t.Any) -> bytes:
         """Encode ``value``; raises :class:`TypeError` for unsupported types."""
         kind = type(value)
-        if kind is int or kind is str or kind is bool or value is None:
-            return self._encode(value).encode()
+        if kind is int:
+            return str(value).encode()  # what JSON writes for an int, without the encoder
+        if kind is str:
+            return _encode_str(value).encode()
+        if kind is bool or value is None:
+            return _CONSTANTS[value]
         return self._encode(_tag(value)).encode()
 
     def loads(self, data: bytes) -> t.Any:
         """Decode bytes written by :meth:`dumps`; raises :class:`ValueError`
         (which includes JSON and base64 errors) on malformed input."""
+        if data.isdigit() and (len(data) == 1 or data[0] != 48):  # a plain int, not "007"
+            return int(data)
         try:
             return self._decode(data.decode())
         except (TypeError, KeyError, AttributeError, ArithmeticError) as exc:  # bad tag contents

@@ -26,7 +26,10 @@ if t.TYPE_CHECKING:
 
 Headers = list[tuple[str, str]]
 
-_PARSED_MAX = 65_536
+# The parsed-header memo holds at most this many headers of at most this
+# length: 2,048 x 2 KiB, so a client sending ever new headers pins <= 4 MiB.
+_MEMO_ENTRIES = 2048
+_MEMO_HEADER_MAX = 2048
 
 
 class Transport(t.Protocol):
@@ -61,7 +64,7 @@ class CookieTransport:
         self.vary = "Cookie"
         self._needle = self.name + "="
         #: Cookie header -> our cookie's values. Browsers send the same header
-        #: again and again, so parsing is remembered (bounded, cleared when full).
+        #: again and again, so parsing is remembered (bounded: see _MEMO_*).
         self._parsed: dict[str, tuple[str, ...]] = {}
         self._attributes: dict[str, t.Any] = {
             "path": config.cookie_path,
@@ -81,9 +84,10 @@ class CookieTransport:
         found = self._parsed.get(header)
         if found is None:
             found = self._parse(header)
-            if len(self._parsed) >= _PARSED_MAX:
-                self._parsed.clear()
-            self._parsed[header] = found
+            if len(header) <= _MEMO_HEADER_MAX:
+                if len(self._parsed) >= _MEMO_ENTRIES:
+                    self._parsed.clear()
+                self._parsed[header] = found
         return found
 
     def _parse(self, header: str) -> tuple[str, ...]:
@@ -98,7 +102,11 @@ class CookieTransport:
             value = (header[value_start:] if end == -1 else header[value_start:end]).strip()
             if not value.startswith('"'):
                 return (value,) if value else ()
-        return tuple(value for value in parse_cookie(header).getlist(self.name) if value)
+        try:
+            cookies = parse_cookie(header)
+        except (UnicodeError, ValueError):
+            return ()  # undecodable bytes (maybe a cookie planted by a sibling domain)
+        return tuple(value for value in cookies.getlist(self.name) if value)
 
     def send(self, headers: Headers, token: str, max_age: int | None) -> None:
         # Tokens hold only URL-safe base64 and dots, which need no quoting, so

@@ -13,8 +13,8 @@ from .base import Store
 from .memory import MemoryStore
 
 if t.TYPE_CHECKING:
-    from .redis import RedisStore  # type: ignore[import-not-found]
-    from .sqlalchemy import SQLAlchemyStore  # type: ignore[import-not-found]
+    from .redis import RedisStore
+    from .sqlalchemy import SQLAlchemyStore
 
 __all__ = ["MemoryStore", "RedisStore", "SQLAlchemyStore", "Store"]
 

@@ -9,7 +9,6 @@ worker.
 
 from __future__ import annotations
 
-import functools
 import logging
 import typing as t
 
@@ -59,7 +58,8 @@ class MemoryStore(Store):
         return None if record is None else record.version
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
-        return [self._data.update(diff.id, functools.partial(_merge, diff)) for diff in diffs]
+        update = self._data.update
+        return [update(diff.id, _merge, diff) for diff in diffs]
 
     def delete(self, session_ids: t.Iterable[str]) -> None:
         for session_id in session_ids:
@@ -78,5 +78,5 @@ class MemoryStore(Store):
         self._data.clear()
 
 
-def _merge(diff: SessionDiff, record: SessionRecord | None) -> SessionRecord | None:
+def _merge(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord | None:
     return apply_diff(record, diff)

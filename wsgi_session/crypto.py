@@ -1,0 +1,202 @@
+"""Encryption of session values at rest: AES-256-GCM with key rotation.
+
+Turned on by ``SessionConfig(encryption_keys=[...])``. Each session value is
+sealed on its own before it reaches a persistent store, so Redis dumps,
+database backups and replicas hold no readable session data, and the
+key-level merge of concurrent writes keeps working (the store still sees one
+opaque value per key).
+
+A sealed value is ``version (1 byte) | key id (4 bytes) | nonce (12 bytes) |
+ciphertext and tag``. The AES key is derived from the configured secret with
+HKDF-SHA256, so the secret is never used directly and may be any string of at
+least 32 bytes. The session id and the key name are the *associated data*: a
+value copied to another session or another key does not decrypt.
+
+What is **not** hidden: the session ids, the key names, the sizes of the
+values and the deadlines. Key rotation: put the new key first; values sealed
+with an older key still open and are sealed with the newest key the next time
+they are written. Drop an old key once :meth:`SealedStore.needs_rewrap` is
+false for the sessions you care about, or once they have expired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import typing as t
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .config import MIN_SECRET_BYTES
+from .exceptions import BadStoredData
+from .record import MOVED_KEY, SessionRecord
+from .stores.base import Store
+
+if t.TYPE_CHECKING:
+    from .record import SessionDiff
+
+log = logging.getLogger(__name__)
+
+#: The first byte of every sealed value; a new layout gets a new number.
+FORMAT_VERSION = 1
+_INFO = b"wsgi_session at-rest v1"
+_KEY_ID_SIZE = 4
+_NONCE_SIZE = 12
+_TAG_SIZE = 16
+_HEADER_SIZE = 1 + _KEY_ID_SIZE + _NONCE_SIZE
+_KEY_ID = slice(1, 1 + _KEY_ID_SIZE)
+_NONCE = slice(1 + _KEY_ID_SIZE, _HEADER_SIZE)
+
+
+class Sealer:
+    """Seals and opens session values with AES-256-GCM.
+
+    :param keys: secrets of at least 32 bytes, newest first. Values are sealed
+        with the first; every key opens what it sealed.
+
+    ::
+
+        sealer = Sealer([new_secret, old_secret])
+        sealed = sealer.seal(session_id, "cart", b'["apple"]')
+        assert sealer.unseal(session_id, "cart", sealed) == b'["apple"]'
+    """
+
+    def __init__(self, keys: t.Sequence[bytes]) -> None:
+        if not keys:
+            raise ValueError("Sealer needs a list of keys, newest first")
+        #: Ciphers by key id (a list: two secrets may share an id by chance).
+        self._ciphers: dict[bytes, list[AESGCM]] = {}
+        for index, secret in enumerate(keys):
+            if len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"encryption key {index} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required"
+                )
+            derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(secret)
+            key_id = hashlib.sha256(derived).digest()[:_KEY_ID_SIZE]
+            self._ciphers.setdefault(key_id, []).append(AESGCM(derived))
+            if index == 0:
+                self._current, self._current_id = self._ciphers[key_id][-1], key_id
+        self._header = bytes((FORMAT_VERSION,)) + self._current_id
+
+    def seal(self, session_id: str, field: str, plaintext: bytes) -> bytes:
+        """Encrypt ``plaintext``, the value of key ``field`` of session
+        ``session_id``, with the newest key and a fresh random nonce."""
+        nonce = os.urandom(_NONCE_SIZE)
+        return self._header + nonce + self._current.encrypt(nonce, plaintext, _aad(session_id, field))
+
+    def unseal(self, session_id: str, field: str, sealed: bytes) -> bytes:
+        """Decrypt what :meth:`seal` returned for the same session and key.
+
+        :raises BadStoredData: the value is not sealed, was sealed with a key
+            not configured, was changed, or belongs to another session or key.
+        """
+        if len(sealed) < _HEADER_SIZE + _TAG_SIZE or sealed[0] != FORMAT_VERSION:
+            raise BadStoredData(f"session value {field!r} is not a sealed value")
+        nonce, aad = sealed[_NONCE], _aad(session_id, field)
+        for cipher in self._ciphers.get(sealed[_KEY_ID], ()):
+            try:
+                return cipher.decrypt(nonce, sealed[_HEADER_SIZE:], aad)
+            except InvalidTag:
+                continue
+        raise BadStoredData(f"session value {field!r} does not decrypt: unknown key, tampered with, or moved")
+
+    def needs_rewrap(self, sealed: bytes) -> bool:
+        """Whether ``sealed`` was sealed with another key than the newest."""
+        return sealed[_KEY_ID] != self._current_id
+
+
+def _aad(session_id: str, field: str) -> bytes:
+    return session_id.encode() + b"\0" + field.encode()
+
+
+class SealedStore(Store):
+    """A store wrapper that keeps every session value sealed in ``inner``.
+
+    Values are sealed on the way in (each diff's ``set`` and ``defaults``)
+    and opened on the way out (every record :meth:`load` and :meth:`apply`
+    return). The forwarding pointer of a renewed session
+    (:data:`~wsgi_session.record.MOVED_KEY`) is stored as is. Everything
+    else is passed through, so ``inner`` merges, expires and purges exactly
+    as without encryption. The middleware builds it when
+    ``encryption_keys`` is set::
+
+        store = SealedStore(RedisStore(client), Sealer([key]))
+
+    :param inner: the store that keeps the sealed values.
+    :param sealer: the keys.
+    """
+
+    def __init__(self, inner: Store, sealer: Sealer) -> None:
+        self.inner = inner
+        self.sealer = sealer
+        # Instance copies of the inner store's class-level flags.
+        self.__dict__.update(is_local=inner.is_local, expires_by_itself=inner.expires_by_itself)
+
+    def setup(self) -> None:
+        self.inner.setup()
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        return self._open(self.inner.load(session_id))
+
+    def version(self, session_id: str) -> int | None:
+        return self.inner.version(session_id)
+
+    def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
+        results = self.inner.apply([self._seal(diff) for diff in diffs])
+        return [self._open(record) for record in results]
+
+    def needs_rewrap(self, session_id: str) -> bool:
+        """Whether the stored session has a value sealed with an older key
+        (it will be sealed with the newest key when that key is next written)."""
+        record = self.inner.load(session_id)
+        if record is None:
+            return False
+        return any(self.sealer.needs_rewrap(v) for k, v in record.values.items() if k != MOVED_KEY)
+
+    def _seal(self, diff: SessionDiff) -> SessionDiff:
+        defaults = diff.defaults and self._seal_values(diff.id, diff.defaults)
+        return dataclasses.replace(diff, set=self._seal_values(diff.id, diff.set), defaults=defaults)
+
+    def _seal_values(self, session_id: str, values: t.Mapping[str, bytes]) -> dict[str, bytes]:
+        seal = self.sealer.seal
+        return {k: v if k == MOVED_KEY else seal(session_id, k, v) for k, v in values.items()}
+
+    def _open(self, record: SessionRecord | None) -> SessionRecord | None:
+        if record is None:
+            return None
+        unseal, session_id = self.sealer.unseal, record.id
+        return SessionRecord(
+            id=session_id,
+            values={k: v if k == MOVED_KEY else unseal(session_id, k, v) for k, v in record.values.items()},
+            created=record.created,
+            expires=record.expires,
+            absolute=record.absolute,
+            longterm=record.longterm,
+            version=record.version,
+        )
+
+    def delete(self, session_ids: t.Iterable[str]) -> None:
+        self.inner.delete(session_ids)
+
+    def exists(self, session_id: str) -> bool:
+        return self.inner.exists(session_id)
+
+    def count(self) -> int:
+        return self.inner.count()
+
+    def iter_ids(self, batch_size: int = 1000) -> t.Iterator[str]:
+        return self.inner.iter_ids(batch_size)
+
+    def purge_expired(self, now: float, limit: int = 1000) -> list[str]:
+        return self.inner.purge_expired(now, limit)
+
+    def clear(self) -> None:
+        self.inner.clear()
+
+    def close(self) -> None:
+        self.inner.close()

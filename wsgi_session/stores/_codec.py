@@ -1,0 +1,133 @@
+"""Helpers shared by the persistent stores: record validation, the packed
+value format and backend error translation.
+
+Kept private: the stores' storage layouts are documented on the stores, and
+nothing outside :mod:`wsgi_session.stores` should depend on these names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import struct
+import typing as t
+
+from ..exceptions import BadStoredData, StoreUnavailable
+from ..record import SessionRecord
+
+log = logging.getLogger(__name__)
+
+#: First byte of a packed value map; a new layout gets a new number.
+PACK_FORMAT = 1
+_LENGTHS = struct.Struct(">II")
+
+
+def make_record(
+    session_id: str,
+    values: t.Mapping[str, bytes],
+    *,
+    version: object,
+    created: object,
+    expires: object,
+    absolute: object,
+    longterm: object,
+) -> SessionRecord:
+    """Build a :class:`SessionRecord` from fields read back from a backend,
+    checking each one.
+
+    The fields arrive as whatever the backend returned (``bytes`` from Redis,
+    native types from SQL), so each is converted here: a version that is not a
+    positive integer, a deadline that is not a finite number, or a long-term
+    flag that is neither true nor false raises
+    :class:`~wsgi_session.exceptions.BadStoredData` instead of a ``TypeError``
+    deep in the middleware.
+    """
+    number = _convert(int, "version", version)
+    if number < 1:
+        raise BadStoredData(f"stored session has version {number}; versions start at 1")
+    if longterm not in (True, False, 0, 1, b"0", b"1"):
+        raise BadStoredData("stored session has an invalid long-term flag", repr(longterm))
+    return SessionRecord(
+        id=session_id,
+        values=values,
+        created=_convert(_as_time, "created", created),
+        expires=_convert(_as_time, "expires", expires),
+        absolute=None if absolute in (None, b"", "") else _convert(_as_time, "absolute", absolute),
+        longterm=longterm in (True, 1, b"1"),
+        version=number,
+    )
+
+
+T = t.TypeVar("T")
+
+
+def _convert(convert: t.Callable[[t.Any], T], name: str, value: object) -> T:
+    try:
+        return convert(value)
+    except (TypeError, ValueError) as exc:
+        raise BadStoredData(f"stored session has an invalid {name}: {exc}") from exc
+
+
+def _as_time(value: t.Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{number!r} is not a point in time")
+    return number
+
+
+def pack_values(values: t.Mapping[str, bytes]) -> bytes:
+    """Encode a ``key -> bytes`` map as one binary-safe ``bytes`` value.
+
+    The layout is a format byte (:data:`PACK_FORMAT`) followed, for each key,
+    by the key's UTF-8 length and the value's length (two big-endian unsigned
+    32-bit integers), the key and the value. Eight bytes of overhead per key,
+    no escaping, and decoding is a linear walk.
+    """
+    parts = [bytes((PACK_FORMAT,))]
+    for key, value in values.items():
+        raw_key = key.encode()
+        parts.append(_LENGTHS.pack(len(raw_key), len(value)))
+        parts.append(raw_key)
+        parts.append(value)
+    return b"".join(parts)
+
+
+def unpack_values(data: bytes) -> dict[str, bytes]:
+    """Decode what :func:`pack_values` produced; raise
+    :class:`~wsgi_session.exceptions.BadStoredData` for anything else
+    (unknown format byte, truncated item, key that is not UTF-8)."""
+    view = memoryview(data)
+    if not view or view[0] != PACK_FORMAT:
+        raise BadStoredData("stored session data has an unknown format", bytes(view[:8]))
+    values: dict[str, bytes] = {}
+    offset, end, header = 1, len(view), _LENGTHS.size
+    try:
+        while offset < end:
+            key_length, value_length = _LENGTHS.unpack_from(view, offset)
+            offset += header
+            key_end = offset + key_length
+            value_end = key_end + value_length
+            if value_end > end:
+                raise ValueError("item runs past the end")
+            values[str(view[offset:key_end], "utf-8")] = bytes(view[key_end:value_end])
+            offset = value_end
+    except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadStoredData(f"stored session data is truncated or corrupt: {exc}") from exc
+    return values
+
+
+@contextlib.contextmanager
+def unavailable_on(
+    errors: tuple[type[BaseException], ...], backend: str, is_outage: t.Callable[[BaseException], bool]
+) -> t.Iterator[None]:
+    """Re-raise ``errors`` for which ``is_outage(exc)`` is true as
+    :class:`~wsgi_session.exceptions.StoreUnavailable` (the original chained
+    as ``__cause__``); let everything else through unchanged."""
+    try:
+        yield
+    except errors as exc:
+        if not is_outage(exc):
+            raise
+        log.debug("%s unavailable: %r", backend, exc)
+        raise StoreUnavailable(f"{backend} is unavailable: {exc}") from exc

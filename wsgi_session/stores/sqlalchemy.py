@@ -1,0 +1,333 @@
+"""Sessions in a SQL database, through SQLAlchemy 2 Core.
+
+Works with any database SQLAlchemy supports; tested on SQLite (a file),
+PostgreSQL and MySQL/MariaDB. You build the :class:`~sqlalchemy.engine.Engine`
+(URL, pool size, ``pool_pre_ping``) as for the rest of your application::
+
+    engine = sqlalchemy.create_engine("postgresql+psycopg2://app@db/app", pool_pre_ping=True)
+    store = SQLAlchemyStore(engine, table_name="sessions")
+
+**Layout.** One row per session in ``table_name``, created on first use if
+missing: ``id`` (the primary key; compared byte for byte, also on MySQL),
+``data`` (every key and value packed into one binary value: a format byte,
+then for each key its length, its value's length, the key and the value),
+``version`` (the optimistic-concurrency counter), ``created``, ``expires``
+and ``absolute`` (epoch seconds as double precision floats, which every
+supported database returns exactly; ``absolute`` may be NULL) and
+``longterm``. ``expires`` and ``absolute`` are indexed for the purge.
+
+**Writes.** A batch of diffs is one transaction. For each diff the row is
+read, the diff merged with :func:`wsgi_session.record.apply_diff`, and the
+row written back only if nobody changed it meanwhile (``UPDATE ... WHERE
+version = :read``; a new session is inserted with the dialect's
+insert-or-ignore). When another writer got there first, the row is read and
+merged again, so concurrent requests that changed different keys both
+survive. The store runs its writes at ``READ COMMITTED`` (on PostgreSQL and
+MySQL, whatever the engine's default) so a re-read sees the other writer's
+commit; on SQLite a write transaction takes the database's write lock up
+front (``BEGIN IMMEDIATE``) and waits for it up to the driver's ``timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import typing as t
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql
+
+from ..exceptions import StoreUnavailable
+from ..record import SessionRecord, apply_diff
+from ._codec import make_record, pack_values, unavailable_on, unpack_values
+from .base import Store
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine, Row
+    from sqlalchemy.sql.dml import Insert
+
+    from ..record import SessionDiff
+
+log = logging.getLogger(__name__)
+
+#: How often one diff is merged again after losing a race before giving up.
+_RACE_ATTEMPTS = 16
+#: How often a batch is retried after a deadlock or serialization failure.
+_BATCH_ATTEMPTS = 3
+#: Most ids in one ``IN (...)`` list.
+_CHUNK = 500
+_MYSQL = ("mysql", "mariadb")
+
+_ID_TYPE = (
+    sa.String(128)
+    .with_variant(mysql.VARCHAR(128, charset="utf8mb4", collation="utf8mb4_bin"), *_MYSQL)
+    .with_variant(sa.String(128, collation="C"), "postgresql")
+)
+_DATA_TYPE = sa.LargeBinary().with_variant(mysql.LONGBLOB(), *_MYSQL)
+
+
+def session_table(name: str, metadata: sa.MetaData) -> sa.Table:
+    """The table :class:`SQLAlchemyStore` keeps sessions in, defined in
+    ``metadata`` (for Alembic migrations: add it to your own metadata)."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", _ID_TYPE, primary_key=True),
+        sa.Column("data", _DATA_TYPE, nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("created", sa.Double, nullable=False),
+        sa.Column("expires", sa.Double, nullable=False),
+        sa.Column("absolute", sa.Double, nullable=True),
+        sa.Column("longterm", sa.Boolean, nullable=False),
+        sa.Index(f"ix_{name}_expires", "expires"),
+        sa.Index(f"ix_{name}_absolute", "absolute"),
+    )
+
+
+class SQLAlchemyStore(Store):
+    """Sessions in a table of a SQL database.
+
+    :param engine: a synchronous SQLAlchemy 2 :class:`~sqlalchemy.engine.Engine`.
+        The store borrows connections from its pool and never disposes of it.
+    :param table_name: the table to use; created (with its indexes) if
+        missing, on first use. Default ``"sessions"``.
+
+    Errors that mean the database cannot be reached (``OperationalError``,
+    ``InterfaceError``, a dropped connection, a pool timeout) are raised as
+    :class:`~wsgi_session.exceptions.StoreUnavailable`; a row that cannot be
+    decoded as :class:`~wsgi_session.exceptions.BadStoredData`.
+    """
+
+    def __init__(self, engine: Engine, table_name: str = "sessions") -> None:
+        self.engine = engine
+        self.table = session_table(table_name, sa.MetaData())
+        dialect = engine.dialect.name
+        self._read_committed = dialect == "postgresql" or dialect in _MYSQL
+        self._begin_immediate = dialect == "sqlite" and engine.dialect.driver == "pysqlite"
+        self._insert_new = _insert_ignoring_duplicates(self.table, dialect)
+        self._ready = False
+        self._setup_lock = threading.Lock()
+
+    def _errors(self) -> t.ContextManager[None]:
+        return unavailable_on((sa_exc.SQLAlchemyError,), "the session database", _is_outage)
+
+    def setup(self) -> None:
+        """Create the table and its indexes if missing. Safe to call from
+        several processes at once: losing the race to create is not an error."""
+        with self._errors():
+            try:
+                self.table.metadata.create_all(self.engine, checkfirst=True)
+            except sa_exc.DBAPIError:
+                if not sa.inspect(self.engine).has_table(self.table.name):
+                    raise
+        self._ready = True
+
+    def _ensure_ready(self) -> None:
+        if not self._ready:
+            with self._setup_lock:
+                if not self._ready:
+                    self.setup()
+
+    def load(self, session_id: str) -> SessionRecord | None:
+        self._ensure_ready()
+        with self._errors(), self.engine.connect() as conn:
+            row = conn.execute(self._select_row(session_id)).first()
+        return None if row is None else self._to_record(row)
+
+    def version(self, session_id: str) -> int | None:
+        self._ensure_ready()
+        query = sa.select(self.table.c.version).where(self.table.c.id == session_id)
+        with self._errors(), self.engine.connect() as conn:
+            version: int | None = conn.execute(query).scalar()
+        return version
+
+    def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
+        if not diffs:
+            return []
+        self._ensure_ready()
+        # Rows are written in id order, so two batches never wait on each
+        # other's locks in a cycle (the sort is stable: one id's diffs keep
+        # their order).
+        order = sorted(range(len(diffs)), key=lambda index: diffs[index].id)
+        results: list[SessionRecord | None] = [None] * len(diffs)
+        attempt = 1
+        with self._errors():
+            while True:
+                try:
+                    with self._write_transaction() as conn:
+                        for index in order:
+                            results[index] = self._apply_one(conn, diffs[index])
+                    return results
+                except sa_exc.DBAPIError as exc:
+                    if attempt == _BATCH_ATTEMPTS or not _is_conflict(exc):
+                        raise
+                    log.info("session batch hit a deadlock or lock timeout; retrying: %s", exc.orig)
+                    attempt += 1
+
+    def _apply_one(self, conn: Connection, diff: SessionDiff) -> SessionRecord | None:
+        """Merge one diff into its row, again and again while other writers
+        win the race (each retry re-reads what they committed)."""
+        table = self.table
+        for _ in range(_RACE_ATTEMPTS):
+            row = conn.execute(self._select_row(diff.id)).first()
+            current = None if row is None else self._to_record(row)
+            merged = apply_diff(current, diff)
+            if merged is None or merged is current:  # dropped, or a forwarding stub
+                return merged
+            if current is None:
+                if self._insert(conn, merged):
+                    return merged
+            else:
+                update = (
+                    sa.update(table)
+                    .where(table.c.id == diff.id, table.c.version == current.version)
+                    .values(_row_values(merged))
+                )
+                if conn.execute(update).rowcount == 1:
+                    return merged
+            log.debug("another process wrote this session first; merging again")
+        raise StoreUnavailable(f"a session was written concurrently {_RACE_ATTEMPTS} times in a row")
+
+    def _insert(self, conn: Connection, record: SessionRecord) -> bool:
+        """Insert a new row; ``False`` if a concurrent writer inserted it first."""
+        row = {"id": record.id, "created": record.created, **_row_values(record)}
+        if self._insert_new is not None:
+            return conn.execute(self._insert_new, row).rowcount == 1
+        try:  # any other database: a savepoint absorbs the duplicate key
+            with conn.begin_nested():
+                conn.execute(sa.insert(self.table), row)
+        except sa_exc.IntegrityError:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> t.Iterator[Connection]:
+        with self.engine.connect() as conn:
+            if self._read_committed:
+                conn.execution_options(isolation_level="READ COMMITTED")
+            with conn.begin():
+                dbapi = conn.connection.dbapi_connection
+                if self._begin_immediate and not getattr(dbapi, "in_transaction", True):
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                yield conn
+
+    def _select_row(self, session_id: str) -> sa.Select[t.Any]:
+        return sa.select(self.table).where(self.table.c.id == session_id)
+
+    def _to_record(self, row: Row[t.Any]) -> SessionRecord:
+        return make_record(
+            row.id,
+            unpack_values(bytes(row.data)),
+            version=row.version,
+            created=row.created,
+            expires=row.expires,
+            absolute=row.absolute,
+            longterm=row.longterm,
+        )
+
+    def delete(self, session_ids: t.Iterable[str]) -> None:
+        self._ensure_ready()
+        ids = iter(session_ids)
+        with self._errors(), self.engine.begin() as conn:
+            while chunk := list(itertools.islice(ids, _CHUNK)):
+                conn.execute(sa.delete(self.table).where(self.table.c.id.in_(chunk)))
+
+    def count(self) -> int:
+        self._ensure_ready()
+        with self._errors(), self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one())
+
+    def iter_ids(self, batch_size: int = 1000) -> t.Iterator[str]:
+        """Every stored id in id order, ``batch_size`` per query (keyset
+        pagination: each query starts after the last id seen, so rows added
+        or removed meanwhile never shift the pages)."""
+        self._ensure_ready()
+        query = sa.select(self.table.c.id).order_by(self.table.c.id).limit(batch_size)
+        last: str | None = None
+        while True:
+            page = query if last is None else query.where(self.table.c.id > last)
+            with self._errors(), self.engine.connect() as conn:
+                ids: list[str] = list(conn.execute(page).scalars())
+            yield from ids
+            if len(ids) < batch_size:
+                return
+            last = ids[-1]
+
+    def purge_expired(self, now: float, limit: int = 1000) -> list[str]:
+        """Delete up to ``limit`` sessions whose idle or absolute deadline is
+        at or before ``now``, in one short transaction; return their ids."""
+        self._ensure_ready()
+        table = self.table
+        expired = sa.or_(table.c.expires <= now, table.c.absolute <= now)
+        with self._errors(), self.engine.begin() as conn:
+            ids: list[str] = list(conn.execute(sa.select(table.c.id).where(expired).limit(limit)).scalars())
+            if not ids:
+                return []
+            # The deadline is checked again: a session touched since the
+            # SELECT is no longer expired and stays.
+            delete = sa.delete(table).where(table.c.id.in_(ids), expired)
+            if self.engine.dialect.delete_returning:
+                return list(conn.execute(delete.returning(table.c.id)).scalars())
+            conn.execute(delete)
+            return ids
+
+    def clear(self) -> None:
+        """Delete every row of this store's table (the table stays)."""
+        self._ensure_ready()
+        with self._errors(), self.engine.begin() as conn:
+            conn.execute(sa.delete(self.table))
+
+
+def _row_values(record: SessionRecord) -> dict[str, t.Any]:
+    """The columns an update writes (all but ``id`` and ``created``)."""
+    return {
+        "data": pack_values(record.values),
+        "version": record.version,
+        "expires": record.expires,
+        "absolute": record.absolute,
+        "longterm": record.longterm,
+    }
+
+
+def _insert_ignoring_duplicates(table: sa.Table, dialect: str) -> Insert | None:
+    """An ``INSERT`` that inserts nothing (rowcount 0) when the id exists,
+    or ``None`` where the dialect has no such statement."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=[table.c.id])
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=[table.c.id])
+    if dialect in _MYSQL:
+        return sa.insert(table).prefix_with("IGNORE")
+    return None
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Whether a SQLAlchemy error means the database cannot serve now."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc,
+        sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError | sa_exc.TimeoutError,
+    )
+
+
+def _is_conflict(exc: sa_exc.DBAPIError) -> bool:
+    """Whether the database aborted a transaction only because of other
+    transactions (a deadlock, a serialization failure, a lock wait timeout)."""
+    orig = exc.orig
+    if getattr(orig, "pgcode", None) in ("40001", "40P01") or getattr(orig, "sqlstate", None) in (
+        "40001",
+        "40P01",
+    ):
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] in (1205, 1213):  # MySQL lock wait timeout, deadlock
+        return True
+    return "database is locked" in str(orig)
