@@ -148,13 +148,23 @@ class ShardedCache(t.Generic[V]):
                     dropped += 1
         return dropped
 
-    def remove_where(self, predicate: t.Callable[[V], bool], limit: int) -> list[str]:
-        """Remove up to ``limit`` entries whose value matches ``predicate``,
-        one shard lock at a time; returns their keys."""
+    def remove_where(
+        self,
+        predicate: t.Callable[[V], bool],
+        limit: int,
+        keep: t.Callable[[str], bool] | None = None,
+    ) -> list[str]:
+        """Remove up to ``limit`` entries whose value matches ``predicate``
+        (and whose key ``keep`` does not claim), one shard lock at a time;
+        returns their keys."""
         removed: list[str] = []
         for shard in self._shards:
             with shard.lock:
-                doomed = [key for key, (value, _) in shard.entries.items() if predicate(value)]
+                doomed = [
+                    key
+                    for key, (value, _) in shard.entries.items()
+                    if predicate(value) and (keep is None or not keep(key))
+                ]
                 for key in doomed[: limit - len(removed)]:
                     del shard.entries[key]
                     removed.append(key)

@@ -26,10 +26,12 @@ flush interval.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing as t
 
 from .cache import ShardedCache
 from .flusher import Flusher
+from .invalidation import InvalidationListener
 from .record import SessionRecord, apply_diff
 from .stores.base import Store
 
@@ -37,9 +39,10 @@ if t.TYPE_CHECKING:
     from .config import SessionConfig
     from .record import SessionDiff
 
+log = logging.getLogger(__name__)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Entry:
+
+class _Entry(t.NamedTuple):
     record: SessionRecord
     local: bool = False
 
@@ -53,6 +56,7 @@ class CachedStore(Store):
 
     def __init__(self, inner: Store, config: SessionConfig) -> None:
         self.inner = inner
+        self.expires_by_itself = inner.expires_by_itself
         self.cache: ShardedCache[_Entry] = ShardedCache(
             shards=config.cache_shards,
             max_entries=config.cache_max_entries,
@@ -60,32 +64,56 @@ class CachedStore(Store):
         )
         self.flusher = Flusher(inner, config.max_pending_writes, on_written=self._written)
         self._background = config.write_mode == "background"
-
-    @property
-    def expires_by_itself(self) -> bool:  # type: ignore[override]
-        """As the wrapped store."""
-        return self.inner.expires_by_itself
+        self.listener: InvalidationListener | None = None
+        if config.coherence == "notify":
+            if inner.supports_notifications:
+                self.listener = InvalidationListener(inner, self._invalidate, self._invalidate_all)
+            else:
+                log.warning(
+                    "%s cannot announce changes; coherence='notify' falls back to 'validate'",
+                    type(inner).__name__,
+                )
 
     def setup(self) -> None:
         self.inner.setup()
+        if self.listener is not None:
+            self.listener.ensure_running()
 
     def load(self, session_id: str) -> SessionRecord | None:
         entry = self.cache.get(session_id)
+        listener = self.listener
         if entry is not None:
             if entry.local or self.flusher.has_pending(session_id):
                 return entry.record
+            if listener is not None and listener.healthy:
+                return entry.record  # kept coherent by invalidation messages
             version = self.inner.version(session_id)
             if version == entry.record.version:
                 return entry.record
             if version is None:
                 self.cache.pop(session_id)
                 return None
+        started = listener.epoch if listener is not None else 0
         record = self.inner.load(session_id)
         if record is None:
             self.cache.pop(session_id)
             return None
-        self.cache.put(session_id, _Entry(record))
+        if listener is None or listener.may_cache(session_id, started):
+            self.cache.put(session_id, _Entry(record))
+        else:
+            self.cache.pop(session_id)  # a change raced this load: do not keep it
         return record
+
+    def _invalidate(self, session_id: str) -> None:
+        """Another process changed ``session_id``: drop this process's copy,
+        unless it holds writes of ours not yet in the store."""
+        entry = self.cache.peek(session_id)
+        if entry is not None and not entry.local and not self.flusher.has_pending(session_id):
+            self.cache.pop(session_id)
+
+    def _invalidate_all(self) -> None:
+        """Messages may have been missed: drop every shared entry."""
+        self.cache.remove_where(lambda entry: not entry.local, limit=1 << 62, keep=self.flusher.has_pending)
 
     def version(self, session_id: str) -> int | None:
         return self.inner.version(session_id)
@@ -167,6 +195,8 @@ class CachedStore(Store):
         self.inner.clear()
 
     def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         self.flusher.close()
         self.inner.close()
 

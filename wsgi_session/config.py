@@ -21,6 +21,7 @@ Transport = t.Literal["cookie", "header"]
 SameSite = t.Literal["Lax", "Strict", "None"]
 OutagePolicy = t.Literal["fail_closed", "fail_open"]
 WriteMode = t.Literal["strict", "background"]
+Coherence = t.Literal["validate", "notify"]
 
 MODES: tuple[str, ...] = ("persistent", "opt_in", "manual")
 TRANSPORTS: tuple[str, ...] = ("cookie", "header")
@@ -28,6 +29,7 @@ SAME_SITE_VALUES: tuple[str, ...] = ("Lax", "Strict", "None")
 IP_SOURCES: tuple[str, ...] = ("REMOTE_ADDR", "X-Forwarded-For", "Forwarded", "X-Real-IP")
 OUTAGE_POLICIES: tuple[str, ...] = ("fail_closed", "fail_open")
 WRITE_MODES: tuple[str, ...] = ("strict", "background")
+COHERENCE_MODES: tuple[str, ...] = ("validate", "notify")
 
 #: The shortest secret accepted for signing or encryption, in bytes.
 MIN_SECRET_BYTES = 32
@@ -148,6 +150,13 @@ class SessionConfig:
     :param write_mode: ``"strict"`` (default) commits a request's changes
         before the response is sent; ``"background"`` hands them to the flush
         thread and answers at once.
+    :param coherence: how the per-process cache stays coherent with the
+        store. ``"validate"`` (default) asks the store for the session's
+        version on every request (one small round trip); ``"notify"`` trusts
+        the cache and drops entries when another process announces a change
+        (Redis pub/sub, PostgreSQL ``NOTIFY``): no round trip for a cached
+        read, at the cost of a staleness window of one message's delivery.
+        Stores that cannot announce changes fall back to ``"validate"``.
     :param outage_policy: ``"fail_closed"`` (default) answers 503 with
         ``Retry-After`` when the store cannot be reached; ``"fail_open"``
         serves the request with an empty session that is not saved.
@@ -198,6 +207,7 @@ class SessionConfig:
     bloom_false_positive_rate: float = 0.01
 
     write_mode: WriteMode = "strict"
+    coherence: Coherence = "validate"
     outage_policy: OutagePolicy = "fail_closed"
     retry_after: timedelta = timedelta(seconds=5)
     max_pending_writes: int = 10_000
@@ -241,6 +251,7 @@ class SessionConfig:
             ("transport", TRANSPORTS),
             ("outage_policy", OUTAGE_POLICIES),
             ("write_mode", WRITE_MODES),
+            ("coherence", COHERENCE_MODES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")

@@ -38,6 +38,8 @@ from .record import MOVED_KEY, SessionRecord
 from .stores.base import Store
 
 if t.TYPE_CHECKING:
+    import threading
+
     from .record import SessionDiff
 
 log = logging.getLogger(__name__)
@@ -134,8 +136,9 @@ class SealedStore(Store):
     def __init__(self, inner: Store, sealer: Sealer) -> None:
         self.inner = inner
         self.sealer = sealer
-        # Instance copies of the inner store's class-level flags.
-        self.__dict__.update(is_local=inner.is_local, expires_by_itself=inner.expires_by_itself)
+        self.is_local = inner.is_local
+        self.expires_by_itself = inner.expires_by_itself
+        self.supports_notifications = inner.supports_notifications
 
     def setup(self) -> None:
         self.inner.setup()
@@ -197,6 +200,17 @@ class SealedStore(Store):
 
     def clear(self) -> None:
         self.inner.clear()
+
+    def enable_notifications(self, origin: str) -> None:
+        self.inner.enable_notifications(origin)
+
+    def listen(
+        self,
+        on_message: t.Callable[[str, str], None],
+        on_reset: t.Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        self.inner.listen(on_message, on_reset, stop)
 
     def close(self) -> None:
         self.inner.close()

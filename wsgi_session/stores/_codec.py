@@ -119,15 +119,17 @@ def unpack_values(data: bytes) -> dict[str, bytes]:
 
 @contextlib.contextmanager
 def unavailable_on(
-    errors: tuple[type[BaseException], ...], backend: str, is_outage: t.Callable[[BaseException], bool]
+    errors: tuple[type[BaseException], ...],
+    backend: str,
+    is_outage: t.Callable[[BaseException], bool] | None = None,
 ) -> t.Iterator[None]:
-    """Re-raise ``errors`` for which ``is_outage(exc)`` is true as
-    :class:`~wsgi_session.exceptions.StoreUnavailable` (the original chained
-    as ``__cause__``); let everything else through unchanged."""
+    """Re-raise ``errors`` for which ``is_outage(exc)`` is true (all of them
+    by default) as :class:`~wsgi_session.exceptions.StoreUnavailable`, the
+    original chained as ``__cause__``; let everything else through."""
     try:
         yield
     except errors as exc:
-        if not is_outage(exc):
+        if is_outage is not None and not is_outage(exc):
             raise
         log.debug("%s unavailable: %r", backend, exc)
         raise StoreUnavailable(f"{backend} is unavailable: {exc}") from exc

@@ -28,6 +28,8 @@ import abc
 import typing as t
 
 if t.TYPE_CHECKING:
+    import threading
+
     from ..record import SessionDiff, SessionRecord
 
 
@@ -37,10 +39,13 @@ class Store(abc.ABC):
 
     #: The store keeps its data in this process: there is no other process to
     #: be coherent with, so no cache is put in front of it.
-    is_local: t.ClassVar[bool] = False
+    is_local: bool = False
     #: The backend drops expired sessions by itself (e.g. Redis TTLs), so the
     #: purge sweep only has to tidy what the backend misses.
-    expires_by_itself: t.ClassVar[bool] = False
+    expires_by_itself: bool = False
+    #: The backend can announce changed ids to other processes
+    #: (``coherence="notify"``): see :meth:`enable_notifications`.
+    supports_notifications: bool = False
 
     def setup(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Create tables or indexes if missing. Idempotent; called once, lazily,
@@ -84,6 +89,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def clear(self) -> None:
         """Delete every session this store holds (only its own keys or table)."""
+
+    def enable_notifications(self, origin: str) -> None:
+        """From now on, announce the id of every session :meth:`apply` or
+        :meth:`delete` changes, tagged with ``origin``, in the same round trip
+        or transaction as the change itself."""
+        raise NotImplementedError(f"{type(self).__name__} cannot announce changes")
+
+    def listen(
+        self,
+        on_message: t.Callable[[str, str], None],
+        on_reset: t.Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        """Subscribe to announcements and block, calling
+        ``on_message(origin, session_id)`` for each, until ``stop`` is set.
+        Call ``on_reset()`` once the subscription is established (messages
+        sent before it were missed). Raise on connection failure; the caller
+        subscribes again."""
+        raise NotImplementedError(f"{type(self).__name__} cannot announce changes")
 
     def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release connections. The store is not used afterwards."""

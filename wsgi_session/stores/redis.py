@@ -24,6 +24,12 @@ sessions by itself; this uses the *Redis server's* clock, so the middleware's
 clock must be the wall clock (the default). A session whose deadline has
 passed is gone for every caller, including writers that may not create it.
 
+**Announcements** (``coherence="notify"``). Once
+:meth:`RedisStore.enable_notifications` is called, every change is
+published on the channel ``prefix + "changes"`` after it is written: by the
+merge script itself for writes, so the message can never overtake the change,
+even on a cluster.
+
 **Unsafe**: two stores whose prefixes nest (``"s:"`` and ``"s:x:"``) see each
 other's sessions in :meth:`RedisStore.count`, :meth:`RedisStore.iter_ids` and
 :meth:`RedisStore.clear`. Give each application its own prefix or database.
@@ -31,25 +37,26 @@ other's sessions in :meth:`RedisStore.count`, :meth:`RedisStore.iter_ids` and
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import time
 import typing as t
 
 import redis.exceptions as rex
 
 from ..exceptions import BadStoredData
-from ..record import MOVED_KEY, SessionRecord
-from ._codec import make_record, unavailable_on
+from ._codec import unavailable_on
+from ._redis_layout import BAD_RECORD, MERGE_SCRIPT, VERSION, pairs, record_from_fields, script_args
 from .base import Store
 
 if t.TYPE_CHECKING:
-    from ..record import SessionDiff
+    import threading
+
+    from ..record import SessionDiff, SessionRecord
 
 log = logging.getLogger(__name__)
 
-_VERSION, _CREATED, _EXPIRES, _ABSOLUTE, _LONGTERM = b"\0v", b"\0c", b"\0e", b"\0a", b"\0l"
-_META = frozenset((_VERSION, _CREATED, _EXPIRES, _ABSOLUTE, _LONGTERM))
-_BAD_RECORD = "WSGI_SESSION_BAD_RECORD"
 #: Errors that mean "Redis cannot serve now", not "this request is wrong".
 _OUTAGES: tuple[type[BaseException], ...] = (
     rex.ConnectionError,  # also BusyLoadingError, MaxConnectionsError, Sentinel's MasterNotFoundError
@@ -63,72 +70,9 @@ _OUTAGES: tuple[type[BaseException], ...] = (
     t.cast("type[BaseException]", vars(rex)["OutOfMemoryError"]),
 )
 _DELETE_CHUNK = 500
-
-
-def _lua(name: bytes) -> str:
-    """``name`` as a Lua string literal (decimal escapes survive any byte)."""
-    return "'" + "".join(f"\\{byte}" for byte in name) + "'"
-
-
-# The merge, on the server: a line-by-line mirror of record.apply_diff (the
-# contract test test_apply_matches_record_apply_diff keeps the two in step).
-# ARGV: create, clear, expires, absolute ('' = none), longterm, created,
-# number of defaults, number of deletes, then the defaults (field, value),
-# the deleted fields and the set (field, value) pairs.
-_APPLY_LUA = """
-local key = KEYS[1]
-local create, clear = ARGV[1] == '1', ARGV[2] == '1'
-local expires, absolute, longterm, created = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local ndefaults, ndelete = tonumber(ARGV[7]), tonumber(ARGV[8])
-local version = 1
-local existed = redis.call('EXISTS', key) == 1
-if existed then
-  if redis.call('HEXISTS', key, {MOVED}) == 1 then
-    return redis.call('HGETALL', key)
-  end
-  local meta = redis.call('HMGET', key, {V}, {C}, {A})
-  local old = tonumber(meta[1])
-  if not old or not meta[2] or not tonumber(meta[2])
-      or (meta[3] and meta[3] ~= '' and not tonumber(meta[3])) then
-    return redis.error_reply({BAD})
-  end
-  version, created = old + 1, meta[2]
-  if meta[3] and meta[3] ~= '' then absolute = meta[3] end
-  if clear then redis.call('DEL', key) end
-elseif not create then
-  return false
-end
-local i = 9
-if not (existed and clear) then
-  for _ = 1, ndefaults do
-    redis.call('HSETNX', key, ARGV[i], ARGV[i + 1])
-    i = i + 2
-  end
-  for n = i, i + ndelete - 1 do redis.call('HDEL', key, ARGV[n]) end
-else
-  i = i + 2 * ndefaults
-end
-i = i + ndelete
-while i < #ARGV do
-  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-redis.call('HSET', key, {V}, version, {C}, created, {E}, expires, {A}, absolute, {L}, longterm)
-local deadline = tonumber(expires)
-if absolute ~= '' and tonumber(absolute) < deadline then deadline = tonumber(absolute) end
-local result = redis.call('HGETALL', key)
-redis.call('PEXPIREAT', key, string.format('%.0f', math.ceil(deadline * 1000)))
-return result
-"""
-_APPLY_LUA = _APPLY_LUA.format(
-    MOVED=_lua(MOVED_KEY.encode()),
-    V=_lua(_VERSION),
-    C=_lua(_CREATED),
-    E=_lua(_EXPIRES),
-    A=_lua(_ABSOLUTE),
-    L=_lua(_LONGTERM),
-    BAD=_lua(_BAD_RECORD.encode()),
-)
+_SUBSCRIBE_TIMEOUT = 5.0
+#: How often :meth:`RedisStore.listen` looks at its ``stop`` event.
+_POLL_SECONDS = 0.25
 
 
 class RedisClient(t.Protocol):
@@ -142,6 +86,8 @@ class RedisClient(t.Protocol):
     def script_load(self, script: str, /) -> t.Any: ...
     def hgetall(self, name: bytes, /) -> t.Any: ...
     def hget(self, name: bytes, key: bytes, /) -> t.Any: ...
+    def publish(self, channel: bytes, message: bytes, /) -> t.Any: ...
+    def pubsub(self, /) -> t.Any: ...
     def exists(self, name: bytes, /) -> t.Any: ...
     def pipeline(self, transaction: bool, /) -> t.Any: ...
     def scan_iter(self, match: bytes | None = None, count: int | None = None) -> t.Iterator[t.Any]: ...
@@ -167,6 +113,7 @@ class RedisStore(Store):
     """
 
     expires_by_itself = True
+    supports_notifications = True
 
     def __init__(self, client: RedisClient, prefix: str = "session:") -> None:
         if client.get_encoder().decode_responses:
@@ -177,7 +124,10 @@ class RedisStore(Store):
         self.prefix = prefix
         self._prefix = prefix.encode()
         self._pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", self._prefix) + b"*"
-        self._script = client.register_script(_APPLY_LUA)
+        self._script = client.register_script(MERGE_SCRIPT)
+        #: Where changes are announced (``coherence="notify"``), and by whom.
+        self.channel = self._prefix + b"changes"
+        self._origin = b""
 
     def _key(self, session_id: str) -> bytes:
         return self._prefix + session_id.encode()
@@ -189,7 +139,7 @@ class RedisStore(Store):
         """Load the merge script into the server (every primary of a cluster),
         so the first write needs no extra round trip."""
         with self._errors():
-            self.client.script_load(_APPLY_LUA)
+            self.client.script_load(MERGE_SCRIPT)
 
     def load(self, session_id: str) -> SessionRecord | None:
         with self._errors():
@@ -197,12 +147,12 @@ class RedisStore(Store):
                 fields = self.client.hgetall(self._key(session_id))
             except rex.ResponseError as exc:  # WRONGTYPE: not one of our hashes
                 raise BadStoredData(f"stored session is not a hash: {exc}") from exc
-        return _to_record(session_id, fields.items()) if fields else None
+        return record_from_fields(session_id, fields.items()) if fields else None
 
     def version(self, session_id: str) -> int | None:
         with self._errors():
             try:
-                raw = self.client.hget(self._key(session_id), _VERSION)
+                raw = self.client.hget(self._key(session_id), VERSION)
             except rex.ResponseError as exc:
                 raise BadStoredData(f"stored session is not a hash: {exc}") from exc
         if raw is None:
@@ -215,13 +165,14 @@ class RedisStore(Store):
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
         if not diffs:
             return []
-        calls = [(self._key(diff.id), _script_args(diff)) for diff in diffs]
+        announce = (self.channel, self._origin) if self._origin else None
+        calls = [(self._key(diff.id), script_args(diff, announce)) for diff in diffs]
         with self._errors():
             replies = self._run(calls, range(len(calls)))
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, rex.NoScriptError)]
             if missing:  # the server restarted or its script cache was flushed
                 log.info("loading the session merge script into Redis")
-                self.client.script_load(_APPLY_LUA)
+                self.client.script_load(MERGE_SCRIPT)
                 for index, reply in zip(missing, self._run(calls, missing), strict=True):
                     replies[index] = reply
             return [_reply_to_record(diff.id, reply) for diff, reply in zip(diffs, replies, strict=True)]
@@ -243,17 +194,57 @@ class RedisStore(Store):
     def _delete_keys(self, keys: t.Iterable[bytes]) -> None:
         """``DEL`` each key, in pipelines of a few hundred (one per key keeps
         a cluster pipeline free of cross-slot commands)."""
+        keys = iter(keys)
         with self._errors():
-            pipe = self.client.pipeline(False)
-            queued = 0
-            for key in keys:
-                pipe.delete(key)
-                queued += 1
-                if queued == _DELETE_CHUNK:
-                    pipe.execute()
-                    queued = 0
-            if queued:
+            while chunk := list(itertools.islice(keys, _DELETE_CHUNK)):
+                pipe = self.client.pipeline(False)
+                for key in chunk:
+                    pipe.delete(key)
                 pipe.execute()
+                self._announce(chunk)
+
+    def _announce(self, keys: list[bytes]) -> None:
+        """Tell other processes these keys changed, once the change is done
+        (a separate round trip: in a cluster a pipeline gives no order
+        between nodes)."""
+        if self._origin:
+            start = len(self._prefix)
+            self.client.publish(self.channel, b" ".join([self._origin, *(k[start:] for k in keys)]))
+
+    def enable_notifications(self, origin: str) -> None:
+        """Announce changed ids on the pub/sub channel :attr:`channel`, as
+        ``"<origin> <id> [<id> ...]"``: the merge script publishes after its
+        write, in the same round trip; :meth:`delete` and :meth:`clear` once
+        their keys are gone."""
+        self._origin = origin.encode()
+
+    def listen(
+        self,
+        on_message: t.Callable[[str, str], None],
+        on_reset: t.Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        """Subscribe to :attr:`channel` and pass each announced id to
+        ``on_message(origin, id)`` until ``stop`` is set. Raises
+        :class:`~wsgi_session.exceptions.StoreUnavailable` when the
+        subscription breaks."""
+        with self._errors():
+            pubsub = self.client.pubsub()
+            try:
+                pubsub.subscribe(self.channel)
+                deadline = time.monotonic() + _SUBSCRIBE_TIMEOUT
+                while (reply := pubsub.get_message(timeout=0.1)) is None or reply["type"] != "subscribe":
+                    if time.monotonic() > deadline:
+                        raise rex.TimeoutError("no answer to SUBSCRIBE")
+                on_reset()
+                while not stop.is_set():
+                    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_SECONDS)
+                    if message is not None and message["type"] == "message":
+                        origin, *ids = message["data"].decode().split(" ")
+                        for session_id in ids:
+                            on_message(origin, session_id)
+            finally:
+                pubsub.close()
 
     def exists(self, session_id: str) -> bool:
         with self._errors():
@@ -292,77 +283,15 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGES)
 
 
-def _script_args(diff: SessionDiff) -> list[bytes]:
-    """The merge script's ``ARGV`` for ``diff`` (see the script's header)."""
-    defaults = diff.defaults or {}
-    args = [
-        b"1" if diff.create else b"0",
-        b"1" if diff.clear else b"0",
-        _time(diff.expires),
-        b"" if diff.absolute is None else _time(diff.absolute),
-        b"1" if diff.longterm else b"0",
-        _time(diff.created),
-        str(len(defaults)).encode(),
-        str(len(diff.delete)).encode(),
-    ]
-    for key, value in defaults.items():
-        args += (_field(key), value)
-    args.extend(_field(key) for key in diff.delete)
-    for key, value in diff.set.items():
-        args += (_field(key), value)
-    return args
-
-
-def _field(key: str) -> bytes:
-    field = key.encode()
-    if field in _META:
-        raise ValueError(f"session key {key!r} is reserved")
-    return field
-
-
-def _time(seconds: float) -> bytes:
-    return repr(float(seconds)).encode()
-
-
-def _pairs(flat: list[bytes]) -> t.Iterator[tuple[bytes, bytes]]:
-    """``[f1, v1, f2, v2, ...]`` (a script's ``HGETALL``) as pairs."""
-    items = iter(flat)
-    return zip(items, items, strict=True)
-
-
-def _to_record(session_id: str, fields: t.Iterable[tuple[bytes, bytes]]) -> SessionRecord:
-    meta: dict[bytes, bytes] = {}
-    values: dict[str, bytes] = {}
-    try:
-        for field, value in fields:
-            if field in _META:
-                meta[field] = value
-            else:
-                values[field.decode()] = value
-    except UnicodeDecodeError as exc:
-        raise BadStoredData("stored session has a field name that is not UTF-8") from exc
-    if len(meta) != len(_META):
-        raise BadStoredData("stored session lacks metadata fields", repr(sorted(_META - meta.keys())))
-    return make_record(
-        session_id,
-        values,
-        version=meta[_VERSION],
-        created=meta[_CREATED],
-        expires=meta[_EXPIRES],
-        absolute=meta[_ABSOLUTE],
-        longterm=meta[_LONGTERM],
-    )
-
-
 def _reply_to_record(session_id: str, reply: t.Any) -> SessionRecord | None:
     """The record a merge script returned (``None`` for a dropped diff); a
     reply that is an error is raised as what it means to the middleware."""
     if reply is None:
         return None
     if not isinstance(reply, BaseException):
-        return _to_record(session_id, _pairs(reply))
+        return record_from_fields(session_id, pairs(reply))
     if isinstance(reply, rex.ResponseError) and not _is_outage(reply):
         message = str(reply)
-        if _BAD_RECORD in message or "WRONGTYPE" in message:
+        if BAD_RECORD in message or "WRONGTYPE" in message:
             raise BadStoredData("stored session is malformed: cannot merge into it") from reply
     raise reply  # an outage becomes StoreUnavailable in the caller's context

@@ -20,12 +20,16 @@ supported database returns exactly; ``absolute`` may be NULL) and
 read, the diff merged with :func:`wsgi_session.record.apply_diff`, and the
 row written back only if nobody changed it meanwhile (``UPDATE ... WHERE
 version = :read``; a new session is inserted with the dialect's
-insert-or-ignore). When another writer got there first, the row is read and
-merged again, so concurrent requests that changed different keys both
-survive. The store runs its writes at ``READ COMMITTED`` (on PostgreSQL and
-MySQL, whatever the engine's default) so a re-read sees the other writer's
-commit; on SQLite a write transaction takes the database's write lock up
-front (``BEGIN IMMEDIATE``) and waits for it up to the driver's ``timeout``.
+insert-or-ignore). When another writer got there first, the row is read
+again, locked (``SELECT ... FOR UPDATE``), and merged again, so concurrent
+requests that changed different keys both survive. The store runs its writes
+at ``READ COMMITTED`` (on PostgreSQL and MySQL, whatever the engine's
+default) so a read sees the latest commit; on SQLite a write transaction
+takes the database's write lock up front (``BEGIN IMMEDIATE``) and waits for
+it up to the driver's ``timeout``, so the race cannot happen there. A batch
+that the database aborts for a deadlock or a lock timeout is run again.
+On PostgreSQL (psycopg2) changes can be announced with ``NOTIFY`` in the
+writing transaction, for ``coherence="notify"``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import select
 import threading
 import typing as t
 
@@ -59,6 +64,10 @@ _RACE_ATTEMPTS = 16
 _BATCH_ATTEMPTS = 3
 #: Most ids in one ``IN (...)`` list.
 _CHUNK = 500
+#: Most ids in one ``NOTIFY`` payload (ids have at most 128 characters).
+_NOTIFY_CHUNK = 50
+#: How often :meth:`SQLAlchemyStore.listen` looks at its ``stop`` event.
+_POLL_SECONDS = 0.25
 _MYSQL = ("mysql", "mariadb")
 
 _ID_TYPE = (
@@ -110,6 +119,11 @@ class SQLAlchemyStore(Store):
         self._insert_new = _insert_ignoring_duplicates(self.table, dialect)
         self._ready = False
         self._setup_lock = threading.Lock()
+        #: The PostgreSQL ``NOTIFY`` channel of ``coherence="notify"``.
+        self.channel = f"{table_name}_changes"
+        self._origin: str | None = None
+        # Only PostgreSQL through psycopg2 can LISTEN here.
+        self.supports_notifications = dialect == "postgresql" and engine.dialect.driver == "psycopg2"
 
     def _errors(self) -> t.ContextManager[None]:
         return unavailable_on((sa_exc.SQLAlchemyError,), "the session database", _is_outage)
@@ -160,6 +174,7 @@ class SQLAlchemyStore(Store):
                     with self._write_transaction() as conn:
                         for index in order:
                             results[index] = self._apply_one(conn, diffs[index])
+                        self._announce(conn, {diffs[i].id for i in order if results[i] is not None})
                     return results
                 except sa_exc.DBAPIError as exc:
                     if attempt == _BATCH_ATTEMPTS or not _is_conflict(exc):
@@ -169,10 +184,12 @@ class SQLAlchemyStore(Store):
 
     def _apply_one(self, conn: Connection, diff: SessionDiff) -> SessionRecord | None:
         """Merge one diff into its row, again and again while other writers
-        win the race (each retry re-reads what they committed)."""
+        win the race. A retry re-reads with ``FOR UPDATE`` (where the database
+        has it): it sees the latest commit and holds the row until the write."""
         table = self.table
-        for _ in range(_RACE_ATTEMPTS):
-            row = conn.execute(self._select_row(diff.id)).first()
+        for attempt in range(_RACE_ATTEMPTS):
+            query = self._select_row(diff.id)
+            row = conn.execute(query.with_for_update() if attempt else query).first()
             current = None if row is None else self._to_record(row)
             merged = apply_diff(current, diff)
             if merged is None or merged is current:  # dropped, or a forwarding stub
@@ -234,6 +251,7 @@ class SQLAlchemyStore(Store):
         with self._errors(), self.engine.begin() as conn:
             while chunk := list(itertools.islice(ids, _CHUNK)):
                 conn.execute(sa.delete(self.table).where(self.table.c.id.in_(chunk)))
+                self._announce(conn, chunk)
 
     def count(self) -> int:
         self._ensure_ready()
@@ -278,7 +296,57 @@ class SQLAlchemyStore(Store):
         """Delete every row of this store's table (the table stays)."""
         self._ensure_ready()
         with self._errors(), self.engine.begin() as conn:
-            conn.execute(sa.delete(self.table))
+            if self._origin is None:
+                conn.execute(sa.delete(self.table))
+            else:
+                self._announce(conn, conn.execute(sa.delete(self.table).returning(self.table.c.id)).scalars())
+
+    def enable_notifications(self, origin: str) -> None:
+        """Announce changed ids with PostgreSQL ``NOTIFY`` on :attr:`channel`
+        as ``"<origin> <id> [<id> ...]"``, inside the writing transaction (so
+        listeners hear of a change when it commits). PostgreSQL through
+        psycopg2 only (:attr:`supports_notifications`)."""
+        if not self.supports_notifications:
+            super().enable_notifications(origin)
+        self._origin = origin
+
+    def _announce(self, conn: Connection, ids: t.Iterable[str]) -> None:
+        if self._origin is None:
+            return
+        ids = iter(ids)
+        while chunk := list(itertools.islice(ids, _NOTIFY_CHUNK)):  # payloads stay under 8000 bytes
+            conn.execute(sa.select(sa.func.pg_notify(self.channel, " ".join([self._origin, *chunk]))))
+
+    def listen(
+        self,
+        on_message: t.Callable[[str, str], None],
+        on_reset: t.Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        """``LISTEN`` on :attr:`channel`, on a connection of its own (taken
+        from the engine and detached from its pool), passing each announced
+        id to ``on_message(origin, id)`` until ``stop`` is set. Raises
+        :class:`~wsgi_session.exceptions.StoreUnavailable` when the
+        connection fails."""
+        errors = (sa_exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error)
+        with unavailable_on(errors, "the session database"):
+            pooled = self.engine.raw_connection()
+            pooled.detach()
+            raw: t.Any = pooled.dbapi_connection
+            try:
+                raw.autocommit = True
+                with raw.cursor() as cursor:
+                    cursor.execute('LISTEN "{}"'.format(self.channel.replace('"', '""')))
+                on_reset()
+                while not stop.is_set():
+                    if select.select([raw], [], [], _POLL_SECONDS)[0]:
+                        raw.poll()
+                        while raw.notifies:
+                            origin, *session_ids = raw.notifies.pop(0).payload.split(" ")
+                            for session_id in session_ids:
+                                on_message(origin, session_id)
+            finally:
+                raw.close()
 
 
 def _row_values(record: SessionRecord) -> dict[str, t.Any]:
@@ -322,12 +390,6 @@ def _is_conflict(exc: sa_exc.DBAPIError) -> bool:
     """Whether the database aborted a transaction only because of other
     transactions (a deadlock, a serialization failure, a lock wait timeout)."""
     orig = exc.orig
-    if getattr(orig, "pgcode", None) in ("40001", "40P01") or getattr(orig, "sqlstate", None) in (
-        "40001",
-        "40P01",
-    ):
-        return True
-    args = getattr(orig, "args", ())
-    if args and args[0] in (1205, 1213):  # MySQL lock wait timeout, deadlock
-        return True
-    return "database is locked" in str(orig)
+    state = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)  # psycopg2, psycopg 3
+    code = next(iter(getattr(orig, "args", ())), None)  # MySQL: lock wait timeout, deadlock
+    return state in ("40001", "40P01") or code in (1205, 1213) or "database is locked" in str(orig)

@@ -1,0 +1,256 @@
+"""SQLAlchemyStore beyond the contract: schema, statements per call, races
+under strict isolation, malformed rows, unreachable databases, the packed
+value format."""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+
+import hypothesis.strategies as st
+import pytest
+import sqlalchemy as sa
+from hypothesis import given
+
+from wsgi_session.exceptions import BadStoredData, StoreUnavailable
+from wsgi_session.stores import SQLAlchemyStore
+from wsgi_session.stores._codec import make_record, pack_values, unpack_values
+
+from .conftest import free_port
+
+if t.TYPE_CHECKING:
+    from pathlib import Path
+
+    from .conftest import Backend, SQLServers
+
+    MakeDiff = t.Callable[..., t.Any]
+
+SQL_KINDS = [
+    pytest.param("sqlite"),
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mysql),
+]
+sql_kinds = pytest.mark.parametrize("backend", SQL_KINDS, indirect=True)
+
+
+def sql_store(backend: Backend) -> SQLAlchemyStore:
+    assert isinstance(backend.store, SQLAlchemyStore)
+    return backend.store
+
+
+@sql_kinds
+def test_setup_creates_table_and_indexes_once(backend: Backend) -> None:
+    store = t.cast("SQLAlchemyStore", backend.sibling())
+    assert not sa.inspect(store.engine).has_table(store.table.name)
+    store.load("anything")  # first use creates the table
+    # Inspect through a new engine, as another process would: SQLite's
+    # PRAGMA index_list can answer from a pooled connection's stale schema.
+    fresh = sa.create_engine(store.engine.url)
+    inspector = sa.inspect(fresh)
+    assert {column["name"] for column in inspector.get_columns(store.table.name)} == {
+        "id",
+        "data",
+        "version",
+        "created",
+        "expires",
+        "absolute",
+        "longterm",
+    }
+    indexed = {tuple(index["column_names"]) for index in inspector.get_indexes(store.table.name)}
+    assert {("expires",), ("absolute",)} <= indexed
+    fresh.dispose()
+    store.setup()  # idempotent
+
+
+@sql_kinds
+def test_processes_racing_to_create_the_table(backend: Backend) -> None:
+    first = t.cast("SQLAlchemyStore", backend.sibling())
+    stores = [SQLAlchemyStore(first.engine, first.table.name) for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def set_up(store: SQLAlchemyStore) -> None:
+        barrier.wait()
+        try:
+            store.setup()
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=set_up, args=(store,)) for store in stores]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    assert first.count() == 0
+
+
+@sql_kinds
+def test_statements_per_call(backend: Backend, make_diff: MakeDiff) -> None:
+    store = sql_store(backend)
+    statements: list[str] = []
+
+    def record(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        verb = statement.split(maxsplit=1)[0].upper()
+        if verb != "BEGIN":  # SQLite's BEGIN IMMEDIATE: transaction control, as elsewhere
+            statements.append(verb)
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        store.apply([make_diff("s1", {"k": b"v"}, create=True)])
+        assert statements == ["SELECT", "INSERT"]
+        statements.clear()
+        store.apply([make_diff("s1", {"k": b"w"}), make_diff("s2", {"k": b"v"}, create=True)])
+        assert statements == ["SELECT", "UPDATE", "SELECT", "INSERT"]
+        statements.clear()
+        store.load("s1")
+        store.version("s1")
+        assert statements == ["SELECT", "SELECT"]
+        store.apply([make_diff(f"p{n}", {"k": b"v"}, create=True) for n in range(20)])
+        statements.clear()
+        assert len(list(store.iter_ids(batch_size=10))) == 22
+        assert statements == ["SELECT"] * 3
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+
+
+@pytest.mark.parametrize(
+    ("backend", "isolation"),
+    [
+        pytest.param("postgresql", "SERIALIZABLE", marks=pytest.mark.postgres),
+        pytest.param("mariadb", "SERIALIZABLE", marks=pytest.mark.mysql),
+        pytest.param("mariadb", "REPEATABLE READ", marks=pytest.mark.mysql),
+    ],
+    indirect=["backend"],
+)
+def test_writers_merge_whatever_the_engine_isolation(
+    backend: Backend, isolation: str, sql_servers: SQLServers, make_diff: MakeDiff
+) -> None:
+    engine = sql_store(backend).engine.execution_options(isolation_level=isolation)
+    store = SQLAlchemyStore(engine, sql_store(backend).table.name)
+    store.apply([make_diff("shared", {}, create=True)])
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def writer(number: int) -> None:
+        barrier.wait()
+        try:
+            for count in range(10):
+                store.apply([make_diff("shared", {f"w{number}": str(count).encode()})])
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    record = store.load("shared")
+    assert record is not None
+    assert dict(record.values) == {f"w{n}": b"9" for n in range(6)}
+    assert record.version == 61
+
+
+@pytest.mark.parametrize("backend", SQL_KINDS[1:], indirect=True)
+@pytest.mark.parametrize("verb", ["INSERT", "UPDATE"])
+def test_a_lost_race_is_merged_again(backend: Backend, make_diff: MakeDiff, verb: str) -> None:
+    """Fault injection: another writer commits between this writer's SELECT
+    and its INSERT or UPDATE. (Not on SQLite, whose writers take the lock
+    before reading, so the race cannot happen there.)"""
+    store = sql_store(backend)
+    if verb == "UPDATE":
+        store.apply([make_diff("s1", {"a": b"1"}, create=True)])
+    other = SQLAlchemyStore(store.engine, store.table.name)
+    injected: list[str] = []
+
+    def interfere(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        if statement.startswith(verb) and not injected:
+            injected.append(statement)
+            other.apply([make_diff("s1", {"b": b"2"}, create=True)])  # another connection
+
+    sa.event.listen(store.engine, "before_cursor_execute", interfere)
+    try:
+        [record] = store.apply([make_diff("s1", {"c": b"3"}, create=True)])
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", interfere)
+    assert injected
+    assert record is not None
+    assert sorted(record.values) == (["a", "b", "c"] if verb == "UPDATE" else ["b", "c"])
+    assert record.version == (3 if verb == "UPDATE" else 2)
+    assert store.load("s1") == record
+
+
+@sql_kinds
+def test_ids_are_case_sensitive_and_values_large(backend: Backend, make_diff: MakeDiff) -> None:
+    store = backend.store
+    big = bytes(range(256)) * 4096  # 1 MiB: more than a MySQL BLOB holds
+    store.apply([make_diff("abc", {"k": big}, create=True), make_diff("ABC", {"k": b"small"}, create=True)])
+    lower, upper = store.load("abc"), store.load("ABC")
+    assert lower is not None and upper is not None  # noqa: PT018
+    assert lower.values["k"] == big
+    assert upper.values["k"] == b"small"
+
+
+@sql_kinds
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("data", b"\x02whatever", "unknown format"),
+        ("data", b"\x01\x00\x00\x00\x05\x00\x00\x00\x01ab", "truncated"),
+        ("data", b"\x01\x00\x00\x00\x01\x00\x00\x00\x00\xff", "truncated or corrupt"),
+        ("version", 0, "versions start at 1"),
+    ],
+)
+def test_undecodable_row_is_bad_stored_data(
+    backend: Backend, make_diff: MakeDiff, column: str, value: object, message: str
+) -> None:
+    store = sql_store(backend)
+    store.apply([make_diff("s1", {"k": b"v"}, create=True)])
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(store.table).values({column: value}))
+    with pytest.raises(BadStoredData, match=message):
+        store.load("s1")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://postgres@127.0.0.1:{port}/test",
+        "mysql+pymysql://root@127.0.0.1:{port}/test",
+        "sqlite:///{missing}/sessions.db",
+    ],
+)
+def test_unreachable_database_is_store_unavailable(url: str, tmp_path: Path, make_diff: MakeDiff) -> None:
+    engine = sa.create_engine(url.format(port=free_port(), missing=tmp_path / "missing"))
+    store = SQLAlchemyStore(engine)
+    for call in (
+        lambda: store.load("s1"),
+        lambda: store.apply([make_diff("s1", {"k": b"v"}, create=True)]),
+        store.setup,
+    ):
+        with pytest.raises(StoreUnavailable) as info:
+            call()
+        assert isinstance(info.value.__cause__, sa.exc.OperationalError)
+    engine.dispose()
+
+
+@given(st.dictionaries(st.text(), st.binary()))
+def test_pack_values_round_trips(values: dict[str, bytes]) -> None:
+    assert unpack_values(pack_values(values)) == values
+
+
+@given(st.binary())
+def test_unpack_values_fails_only_with_bad_stored_data(data: bytes) -> None:
+    try:
+        unpack_values(data)
+    except BadStoredData:
+        pass
+
+
+def test_make_record_checks_every_field() -> None:
+    good = {"version": 1, "created": 1.0, "expires": 2.0, "absolute": None, "longterm": False}
+    assert make_record("s", {}, **good).deadline == 2.0
+    for name, bad in [("version", "x"), ("created", float("inf")), ("expires", None), ("longterm", 2)]:
+        with pytest.raises(BadStoredData, match=name.replace("longterm", "long-term")):
+            make_record("s", {}, **{**good, name: bad})
