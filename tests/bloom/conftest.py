@@ -7,25 +7,13 @@ addresses with ``WSGI_SESSION_REDIS_URL`` and ``WSGI_SESSION_POSTGRES_URL``.
 
 from __future__ import annotations
 
-import os
 import typing as t
 import uuid
 
 import pytest
 import redis
 import sqlalchemy as sa
-
-REDIS_URL = os.environ.get("WSGI_SESSION_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "WSGI_SESSION_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
-
-
-def service_unavailable(reason: str) -> t.NoReturn:
-    """Skip the test because a service is missing, or fail it under CI."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so every service must be available)", pytrace=False)
-    pytest.skip(reason)
+from services import POSTGRES_URL, REDIS_URL, service_unavailable
 
 
 @pytest.fixture(scope="module")

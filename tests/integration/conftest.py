@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -13,34 +12,9 @@ import typing as t
 from pathlib import Path
 
 import pytest
+from services import free_port, port_open
 
-REDIS_URL = os.environ.get("WSGI_SESSION_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "WSGI_SESSION_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def require(name: str, reachable: bool, why: str) -> None:
-    """Fail in CI, skip on a laptop, when a service the test needs is absent."""
-    if reachable:
-        return
-    message = f"{name} is not reachable ({why})"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI must provide it (.ci/services)")
-    pytest.skip(message)
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server(t.NamedTuple):

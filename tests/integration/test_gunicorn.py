@@ -14,8 +14,9 @@ import threading
 import pytest
 import redis
 import sqlalchemy
+from services import POSTGRES_URL, REDIS_URL, port_open, require
 
-from .conftest import POSTGRES_URL, REDIS_URL, Client, Server, port_open, require, start_gunicorn, stop
+from .conftest import Client, Server, start_gunicorn, stop
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 

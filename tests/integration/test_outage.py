@@ -10,81 +10,41 @@ are kept and flushed once the server is back, and the flush thread survives.
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
 import time
 import typing as t
+from pathlib import Path
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from services import RedisServer
 from webtest import TestApp
 
 from wsgi_session import SessionConfig, SessionMiddleware
 from wsgi_session.stores import RedisStore
 
-from .conftest import free_port, port_open, require
-
 SECRET = "outage-test-secret-0123456789abcdefghijkl"
 
 
-class RedisServer:
-    """A private, disposable redis-server."""
-
-    def __init__(self, tmp: str) -> None:
-        self.port = free_port()
-        self.tmp = tmp
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.tmp],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while not port_open(self.port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def freeze(self) -> None:
-        """SIGSTOP: unreachable (requests time out) but the data is kept."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def client(self) -> redis.Redis:
-        # As the deployment guide advises: short timeouts and no client-side
-        # retry loop (redis-py 8 retries 10 times with backoff by default);
-        # the flusher does the retrying, without holding a request.
-        return redis.Redis(
-            host="127.0.0.1",
-            port=self.port,
-            socket_timeout=0.5,
-            socket_connect_timeout=0.5,
-            retry=Retry(NoBackoff(), 0),
-        )
-
-
 @pytest.fixture
-def server(tmp_path: t.Any) -> t.Iterator[RedisServer]:
-    require("redis-server", shutil.which("redis-server") is not None, "binary not on PATH")
-    made = RedisServer(str(tmp_path))
-    made.start()
+def server(tmp_path: Path) -> t.Iterator[RedisServer]:
+    made = RedisServer(tmp_path).start()
     yield made
     made.stop()
+
+
+def fast_failing_client(server: RedisServer) -> redis.Redis:
+    """As the deployment guide advises: short timeouts and no client-side
+    retry loop (redis-py 8 retries 10 times with backoff by default); the
+    flusher does the retrying, without holding a request."""
+    return redis.Redis(
+        host="127.0.0.1",
+        port=server.port,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def make_app(server: RedisServer, **settings: t.Any) -> tuple[SessionMiddleware, dict[str, bool]]:
@@ -102,7 +62,7 @@ def make_app(server: RedisServer, **settings: t.Any) -> tuple[SessionMiddleware,
         return [str(session.get("n", 0)).encode()]
 
     config = SessionConfig(secret_keys=[SECRET], **settings)
-    store = RedisStore(server.client(), prefix="outage:")
+    store = RedisStore(fast_failing_client(server), prefix="outage:")
     return SessionMiddleware(app, config, store=store), control
 
 
@@ -129,7 +89,7 @@ def test_fail_open_serves_an_empty_unsaved_session(server: RedisServer, tmp_path
     client = TestApp(middleware)
     assert client.get("/inc").text == "1"
     cookie = client.cookies["session"]
-    raw = server.client()
+    raw = fast_failing_client(server)
     [key] = raw.keys("outage:*")
     stored = raw.hgetall(key)
     server.freeze()  # unreachable, but its data stays
@@ -168,7 +128,7 @@ def test_write_that_fails_mid_request_is_kept_and_flushed(server: RedisServer) -
         time.sleep(0.05)
     assert flush.pending == 0
     assert flush.retries >= 1
-    assert server.client().hget(f"outage:{session_id}", "n") == b"2"
+    assert fast_failing_client(server).hget(f"outage:{session_id}", "n") == b"2"
     cached = middleware.manager.cached
     assert cached is not None
     assert cached.flusher._task.running
@@ -190,7 +150,7 @@ def test_pending_writes_are_flushed_on_close(server: RedisServer) -> None:
     deadline = time.monotonic() + 5
     while flush.pending and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert server.client().hget(f"outage:{session_id}", "n") == b"1"
+    assert fast_failing_client(server).hget(f"outage:{session_id}", "n") == b"1"
     control["freeze"] = True
     client.get("/inc")  # background: queued; the server freezes in the view
     control["freeze"] = False
@@ -199,7 +159,7 @@ def test_pending_writes_are_flushed_on_close(server: RedisServer) -> None:
     middleware.close()  # flushes before returning
     assert flush.pending == 0
     assert flush.lost == 0
-    assert server.client().hget(f"outage:{session_id}", "n") == b"2"
+    assert fast_failing_client(server).hget(f"outage:{session_id}", "n") == b"2"
 
 
 def test_close_with_the_store_down_reports_what_was_lost(

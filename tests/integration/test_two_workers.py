@@ -14,19 +14,17 @@ from datetime import timedelta
 import pytest
 import redis
 import sqlalchemy as sa
+from services import MYSQL_URL, POSTGRES_URL, REDIS_URL, port_open, require
 from webtest import TestApp
 
 from wsgi_session import SessionConfig, SessionMiddleware
 from wsgi_session.stores import RedisStore, SQLAlchemyStore
-
-from .conftest import POSTGRES_URL, REDIS_URL, port_open, require
 
 if t.TYPE_CHECKING:
     from pathlib import Path
 
     from wsgi_session.stores.base import Store
 
-MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
 SECRET = "two-workers-secret-0123456789abcdefghij"
 ENCRYPTION_KEY = "two-workers-encryption-key-0123456789abcd"
 

@@ -12,12 +12,11 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from services import RedisServer
 
 from wsgi_session.crypto import SealedStore, Sealer
 from wsgi_session.exceptions import StoreUnavailable
 from wsgi_session.stores import RedisStore
-
-from .conftest import RedisServer
 
 if t.TYPE_CHECKING:
     from pathlib import Path

@@ -11,11 +11,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
 from redis.retry import Retry
+from services import RedisServer
 
 from wsgi_session.exceptions import BadStoredData, StoreUnavailable
 from wsgi_session.stores import RedisStore
-
-from .conftest import RedisServer
 
 if t.TYPE_CHECKING:
     from pathlib import Path

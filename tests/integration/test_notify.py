@@ -1,0 +1,158 @@
+"""``coherence="notify"``: cached reads kept coherent by invalidation messages.
+
+Two middleware instances (two workers) over one real Redis or PostgreSQL,
+each with its subscriber thread. A private Redis server lets the tests prove
+that a cached read makes no round trip (it still answers while the server is
+frozen) and that a broken subscription falls back to validating reads.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+
+import pytest
+import redis
+import sqlalchemy as sa
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from services import POSTGRES_URL, REDIS_URL, RedisServer, port_open, require
+from webtest import TestApp
+
+from wsgi_session import SessionConfig, SessionMiddleware
+from wsgi_session.stores import RedisStore, SQLAlchemyStore
+
+if t.TYPE_CHECKING:
+    from pathlib import Path
+
+    from wsgi_session.stores.base import Store
+
+SECRET = "notify-test-secret-0123456789abcdefghijklm"
+
+
+def counter(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+    session = environ["session"]
+    if environ["PATH_INFO"] == "/inc":
+        session["n"] = session.get("n", 0) + 1
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(session.get("n", 0)).encode()]
+
+
+def wait_until(condition: t.Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def listener_of(middleware: SessionMiddleware) -> t.Any:
+    cached = middleware.manager.cached
+    assert cached is not None
+    assert cached.listener is not None
+    return cached.listener
+
+
+@pytest.fixture(params=["redis", "postgresql"])
+def make_store(request: pytest.FixtureRequest, namespace: str) -> t.Iterator[t.Callable[[], Store]]:
+    engines: list[sa.Engine] = []
+    if request.param == "redis":
+        require("Redis", port_open(6379), REDIS_URL)
+
+        def make() -> Store:
+            return RedisStore(redis.Redis.from_url(REDIS_URL), prefix=namespace + ":")
+    else:
+        require("PostgreSQL", port_open(5432), POSTGRES_URL)
+
+        def make() -> Store:
+            engine = sa.create_engine(POSTGRES_URL)
+            engines.append(engine)
+            return SQLAlchemyStore(engine, table_name=namespace)
+
+    yield make
+    if request.param == "redis":
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            client.delete(*keys)
+    else:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as connection:
+            connection.execute(sa.text(f'DROP TABLE IF EXISTS "{namespace}"'))
+        engine.dispose()
+    for engine in engines:
+        engine.dispose()
+
+
+def test_other_workers_change_reaches_the_cache(make_store: t.Callable[[], Store]) -> None:
+    config = SessionConfig(secret_keys=[SECRET], coherence="notify")
+    one = SessionMiddleware(counter, config, store=make_store())
+    two = SessionMiddleware(counter, config, store=make_store())
+    try:
+        first = TestApp(one)
+        assert first.get("/inc").text == "1"
+        second = TestApp(two)
+        second.set_cookie("session", first.cookies["session"])
+        assert second.get("/").text == "1"  # loads and caches it
+        assert wait_until(lambda: listener_of(one).healthy and listener_of(two).healthy)
+        heard = listener_of(two).messages
+        assert first.get("/inc").text == "2"
+        assert wait_until(lambda: listener_of(two).messages > heard), "no invalidation arrived"
+        assert second.get("/").text == "2"
+        assert second.get("/inc").text == "3"
+        assert wait_until(lambda: first.get("/").text == "3")
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> t.Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def fast_client(server: RedisServer) -> redis.Redis:
+    return redis.Redis(
+        port=server.port, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+
+
+def test_cached_read_makes_no_round_trip(private_redis: RedisServer) -> None:
+    config = SessionConfig(secret_keys=[SECRET], coherence="notify")
+    middleware = SessionMiddleware(counter, config, store=RedisStore(fast_client(private_redis)))
+    try:
+        client = TestApp(middleware)
+        assert client.get("/inc").text == "1"  # starts the subscriber thread
+        # Subscribing drops the cache (messages before it may be missed), so
+        # read once more after it to cache the session again.
+        assert wait_until(lambda: listener_of(middleware).healthy)
+        assert client.get("/").text == "1"
+        private_redis.freeze()  # every round trip would now time out
+        try:
+            assert client.get("/").text == "1"  # served from the cache alone
+        finally:
+            private_redis.thaw()
+    finally:
+        middleware.close()
+
+
+def test_lost_subscription_falls_back_to_validation(private_redis: RedisServer) -> None:
+    config = SessionConfig(secret_keys=[SECRET], coherence="notify")
+    middleware = SessionMiddleware(counter, config, store=RedisStore(fast_client(private_redis)))
+    try:
+        client = TestApp(middleware)
+        assert client.get("/inc").text == "1"
+        listener = listener_of(middleware)
+        assert wait_until(lambda: listener.healthy)
+        resets = listener.resets
+        private_redis.stop()
+        assert wait_until(lambda: not listener.healthy), "the listener did not notice"
+        client.get("/", status=503)  # no blind trust while deaf: validation needs the store
+        private_redis.start()  # an empty server again (it keeps nothing)
+        assert wait_until(lambda: listener.healthy and listener.resets > resets)
+        assert client.get("/").text == "0"  # the cache was dropped: the session is gone
+    finally:
+        middleware.close()
