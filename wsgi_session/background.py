@@ -36,11 +36,19 @@ class PeriodicTask:
     :param name: the thread's name (shows in py-spy and logs).
     :param interval: seconds between runs.
     :param function: the work; exceptions are logged, never fatal.
+    :param first_delay: seconds before the first run; default ``interval``.
     """
 
-    def __init__(self, name: str, interval: float, function: t.Callable[[], object]) -> None:
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        function: t.Callable[[], object],
+        first_delay: float | None = None,
+    ) -> None:
         self.name = name
         self.interval = interval
+        self.first_delay = interval if first_delay is None else first_delay
         self._function = function
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -87,8 +95,10 @@ class PeriodicTask:
             thread.join(timeout)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        delay = self.first_delay
+        while not self._stop.wait(delay):
             self.run_once()
+            delay = self.interval
 
     def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()

@@ -144,6 +144,8 @@ class SessionConfig:
         turns it on with a persistent store.
     :param bloom_expected_elements: default 1,000,000.
     :param bloom_false_positive_rate: default 0.01.
+    :param bloom_rebuild_interval: how often the filter is rebuilt from the
+        store's ids (forgetting deleted ones). Default 1 hour.
 
     **Persistent stores** (see ``docs/``)
 
@@ -205,6 +207,7 @@ class SessionConfig:
     bloom_filter: bool | None = None
     bloom_expected_elements: int = 1_000_000
     bloom_false_positive_rate: float = 0.01
+    bloom_rebuild_interval: timedelta = timedelta(hours=1)
 
     write_mode: WriteMode = "strict"
     coherence: Coherence = "validate"
@@ -294,6 +297,7 @@ class SessionConfig:
             "memory_purge_interval",
             "renew_grace",
             "retry_after",
+            "bloom_rebuild_interval",
         ):
             value = getattr(self, field)
             if not isinstance(value, timedelta):

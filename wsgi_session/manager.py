@@ -29,6 +29,7 @@ from .advanced import Advanced
 from .background import PeriodicTask
 from .coherence import CachedStore
 from .exceptions import BadStoredData, BadToken, StoreError
+from .keystore import KeyStore
 from .outcome import Finisher
 from .record import MOVED_KEY, SessionDiff, SessionRecord, forwarding_stub
 from .serialization import IMMUTABLE_TYPES, TaggedJSONSerializer
@@ -125,6 +126,7 @@ class SessionManager:
         self.evictor = PeriodicTask(
             "wsgi-session-evict", config.memory_purge_interval.total_seconds(), self.evict_idle
         )
+        self.keystore = KeyStore(config, self.store, clock) if KeyStore.wanted(config, store) else None
         self.finisher = Finisher(self)
         self.advanced = Advanced(self)
 
@@ -146,11 +148,15 @@ class SessionManager:
         self.sweeper.ensure_running()
         if self.cached is not None:
             self.evictor.ensure_running()
+        if self.keystore is not None:
+            self.keystore.ensure_running()
 
     def close(self) -> None:
         """Flush pending writes, stop background work, release the store."""
         self.sweeper.stop()
         self.evictor.stop()
+        if self.keystore is not None:
+            self.keystore.stop()
         self.store.close()
 
     # -- resolving a request -------------------------------------------------
@@ -167,6 +173,10 @@ class SessionManager:
             except BadToken as exc:
                 self.stats.bump("rejected_tokens")
                 self._bad_input.warning("token", "rejected session token: %s", exc.describe())
+                continue
+            keystore = self.keystore
+            if keystore is not None and keystore.never_issued(token.id, token.issued):
+                self.stats.bump("unknown_ids")  # the bloom filter spared the lookup
                 continue
             record = self.load(token.id)
             if record is not None:
@@ -254,15 +264,25 @@ class SessionManager:
         ``id_generator`` may be weaker: its ids are checked against the
         store and drawn again if taken, so two visitors never share a session.
         """
+        keystore = self.keystore
         if self._new_raw_id is _default_id:
-            return _default_id()
+            session_id = _default_id()
+            if keystore is not None:
+                keystore.added(session_id)
+            return session_id
+        if keystore is not None:
+            return keystore.claim(self._generate_checked)
         for _ in range(_MAX_ID_ATTEMPTS):
-            session_id = self._new_raw_id()
-            if not is_valid_id(session_id):
-                raise ValueError("id_generator must return 16-128 characters of A-Z a-z 0-9 - _")
+            session_id = self._generate_checked()
             if not self.store.exists(session_id):
                 return session_id
         raise RuntimeError(f"id_generator returned {_MAX_ID_ATTEMPTS} ids in a row that are taken")
+
+    def _generate_checked(self) -> str:
+        session_id = self._new_raw_id()
+        if not is_valid_id(session_id):
+            raise ValueError("id_generator must return 16-128 characters of A-Z a-z 0-9 - _")
+        return session_id
 
     def lifetime(self, longterm: bool) -> float:
         """The idle lifetime in seconds for a normal or long-term session."""

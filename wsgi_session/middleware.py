@@ -37,6 +37,7 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from .advanced import Advanced
+    from .bloom import BloomStats
     from .config import SessionConfig
     from .flusher import FlushStats
     from .manager import Stats
@@ -107,6 +108,12 @@ class SessionMiddleware:
         ``pending`` (diffs waiting now) and ``lost`` (not saved at shutdown)."""
         cached = self.manager.cached
         return None if cached is None else cached.flusher.stats
+
+    def bloom_stats(self) -> BloomStats | None:
+        """The bloom filter's size in bytes, element count, estimated
+        false-positive rate and store lookups saved (``None`` when off)."""
+        keystore = self.manager.keystore
+        return None if keystore is None else keystore.stats()
 
     def counters(self) -> dict[str, int]:
         """Every counter in one flat dict, for metrics exporters."""

@@ -66,6 +66,8 @@ class SessionPlugin:
     :param keyword: the parameter name that receives the session. Default
         ``"session"``. A route can choose another with
         ``@app.get("/", session_keyword="s")``.
+    :param environ_key: where the middleware puts the session; default
+        ``config.environ_key`` (and set in the config when both are given).
     :param fields: ``SessionConfig`` fields, a shorthand for ``config``
         (applied on top of it when both are given).
 
@@ -85,14 +87,19 @@ class SessionPlugin:
         store: Store | None = None,
         *,
         keyword: str = "session",
+        environ_key: str | None = None,
         **fields: t.Any,
     ) -> None:
         if fields:
+            if config is None and "secret_keys" not in fields:
+                raise ValueError("SessionPlugin needs config= or secret_keys= to build a config")
             config = config.replace(**fields) if config is not None else SessionConfig(**fields)
+        if config is not None and environ_key is not None and environ_key != config.environ_key:
+            config = config.replace(environ_key=environ_key)
         self.config = config
         self.store = store
         self.keyword = keyword
-        self.environ_key = config.environ_key if config is not None else "session"
+        self.environ_key = config.environ_key if config is not None else environ_key or "session"
         self.middleware: SessionMiddleware | None = None
 
     def setup(self, app: t.Any) -> None:

@@ -4,7 +4,7 @@
 :class:`~wsgi_session.SessionMiddleware` and replaces ``app.session_interface``
 with :class:`WsgiSessionInterface`, so everything written for Flask's session
 keeps working: ``flask.session``, ``session.permanent``, ``flash()`` and
-``get_flashed_messages()``, Flask-Login, Flask-WTF.
+``get_flashed_messages()``, Flask-Login.
 
 .. code-block:: python
 
@@ -253,9 +253,9 @@ def config_from_app(app: Flask) -> SessionConfig:
     ==================================  =====================================
     ``app.config``                      ``SessionConfig``
     ==================================  =====================================
-    ``WSGI_SESSION_SECRET_KEYS``        ``secret_keys``; default
-                                        ``[SECRET_KEY, *SECRET_KEY_FALLBACKS]``
-                                        (newest first)
+    ``WSGI_SESSION_SECRET_KEYS``        ``secret_keys``; default ``SECRET_KEY``
+                                        then ``SECRET_KEY_FALLBACKS`` newest
+                                        first (Flask lists them oldest first)
     ``SESSION_COOKIE_NAME``             ``cookie_name``
     ``SESSION_COOKIE_DOMAIN``           ``cookie_domain``
     ``SESSION_COOKIE_PATH``             ``cookie_path`` (else

@@ -38,6 +38,7 @@ import dataclasses
 import importlib
 import secrets
 import typing as t
+from collections.abc import MutableMapping
 
 from pyramid.interfaces import ISession
 
@@ -65,7 +66,7 @@ CSRF_KEY = "_csrft_"
 FLASH_PREFIX = "_f_"
 
 
-class PyramidSession(t.MutableMapping[str, t.Any]):
+class PyramidSession(MutableMapping[str, t.Any]):
     """``request.session``: Pyramid's ``ISession`` over a wsgi_session session.
 
     The dict API, flash queues and CSRF tokens store their data under the
