@@ -253,6 +253,13 @@ class Session(MutableMapping[str, t.Any]):
         return self._record is None
 
     @property
+    def created(self) -> float | None:
+        """When the session was created (epoch seconds); ``None`` while new."""
+        if not self._loaded:
+            self._load()
+        return None if self._record is None else self._record.created
+
+    @property
     def longterm(self) -> bool:
         """Whether this is a long-term ("remember me") session."""
         if not self._loaded:

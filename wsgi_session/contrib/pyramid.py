@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import secrets
+import time
 import typing as t
 from collections.abc import MutableMapping
 
@@ -287,13 +288,6 @@ def make_wsgi_app(config: t.Any) -> SessionMiddleware:
 
 
 def _created(session: Session) -> float:
-    """The session's creation time: from the stored record, else now.
-
-    Reads the record through a private attribute until ``Session`` offers a
-    public ``created``; a public one is preferred as soon as it exists."""
-    public = getattr(session, "created", None)
-    if isinstance(public, (int, float)):
-        return float(public)
-    if session.is_new or session._record is None:
-        return session._manager.clock()
-    return session._record.created
+    """The session's creation time; a new session is created now."""
+    created = session.created
+    return time.time() if created is None else created
