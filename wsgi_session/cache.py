@@ -15,6 +15,11 @@ kinds of eviction at the cost of a pointer move per lookup:
   ``idle_seconds``; it walks each shard from the oldest entry and stops at the
   first fresh one, so it costs only what it evicts.
 
+Values are kept as they are (no wrapper per entry) and last-use times, when
+an idle bound is set, in a separate ``str -> float`` dict, which the garbage
+collector does not track: a cache of 100,000 sessions adds no objects for the
+collector to walk beyond the values themselves.
+
 Locks are held only for dict operations. Callers never do I/O, encoding or
 decoding while holding one; :meth:`ShardedCache.update` runs a caller's merge
 function under the lock, and that function must be pure CPU work.
@@ -31,12 +36,14 @@ V = t.TypeVar("V")
 
 
 class _Shard(t.Generic[V]):
-    __slots__ = ("entries", "lock")
+    __slots__ = ("entries", "lock", "used")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        #: key -> (value, last used, monotonic seconds); oldest first.
-        self.entries: OrderedDict[str, tuple[V, float]] = OrderedDict()
+        #: key -> value, least recently used first.
+        self.entries: OrderedDict[str, V] = OrderedDict()
+        #: key -> last use (monotonic seconds); only with an idle bound.
+        self.used: dict[str, float] = {}
 
 
 class ShardedCache(t.Generic[V]):
@@ -78,29 +85,34 @@ class ShardedCache(t.Generic[V]):
         """The value for ``key`` (marking it used), or ``None``."""
         shard = self._shards[hash(key) & self._mask]
         with shard.lock:
-            entry = shard.entries.get(key)
-            if entry is None:
+            value = shard.entries.get(key)
+            if value is None:
                 return None
             shard.entries.move_to_end(key)
             if self._idle is not None:
-                shard.entries[key] = (entry[0], self._clock())
-            return entry[0]
+                shard.used[key] = self._clock()
+            return value
 
     def peek(self, key: str) -> V | None:
         """The value for ``key`` without marking it used."""
         shard = self._shard(key)
         with shard.lock:
-            entry = shard.entries.get(key)
-        return None if entry is None else entry[0]
+            return shard.entries.get(key)
 
     def put(self, key: str, value: V) -> None:
         """Store ``value`` under ``key`` as the most recently used entry."""
         shard = self._shard(key)
         with shard.lock:
-            shard.entries[key] = (value, self._clock())
-            shard.entries.move_to_end(key)
-            evicted = self._trim(shard)
-        self._report(evicted)
+            entries = shard.entries
+            known = key in entries
+            entries[key] = value
+            if known:
+                entries.move_to_end(key)
+            if self._idle is not None:
+                shard.used[key] = self._clock()
+            evicted = self._trim(shard) if len(entries) > self._per_shard else None
+        if evicted:
+            self._report(evicted)
 
     def update(self, key: str, merge: t.Callable[..., V | None], *args: t.Any) -> V | None:
         """Atomically replace the value with ``merge(current, *args)``.
@@ -111,14 +123,18 @@ class ShardedCache(t.Generic[V]):
         shard = self._shards[hash(key) & self._mask]
         with shard.lock:
             entries = shard.entries
-            entry = entries.get(key)
-            value = merge(None if entry is None else entry[0], *args)
+            current = entries.get(key)
+            value = merge(current, *args)
             if value is None:
-                entries.pop(key, None)
+                if current is not None:
+                    del entries[key]
+                    shard.used.pop(key, None)
                 return None
-            entries[key] = (value, 0.0 if self._idle is None else self._clock())
-            if entry is not None:
+            entries[key] = value
+            if current is not None:
                 entries.move_to_end(key)
+            if self._idle is not None:
+                shard.used[key] = self._clock()
             evicted = self._trim(shard) if len(entries) > self._per_shard else None
         if evicted:
             self._report(evicted)
@@ -128,8 +144,8 @@ class ShardedCache(t.Generic[V]):
         """Remove ``key`` and return its value, or ``None``."""
         shard = self._shard(key)
         with shard.lock:
-            entry = shard.entries.pop(key, None)
-        return None if entry is None else entry[0]
+            shard.used.pop(key, None)
+            return shard.entries.pop(key, None)
 
     def evict_idle(self) -> int:
         """Drop entries unused for ``idle_seconds``; returns how many."""
@@ -139,12 +155,13 @@ class ShardedCache(t.Generic[V]):
         dropped = 0
         for shard in self._shards:
             with shard.lock:
-                entries = shard.entries
+                entries, used = shard.entries, shard.used
                 while entries:
-                    key, (_, used) = next(iter(entries.items()))
-                    if used > cutoff:
+                    key = next(iter(entries))
+                    if used.get(key, cutoff) > cutoff:
                         break
                     del entries[key]
+                    used.pop(key, None)
                     dropped += 1
         return dropped
 
@@ -162,11 +179,12 @@ class ShardedCache(t.Generic[V]):
             with shard.lock:
                 doomed = [
                     key
-                    for key, (value, _) in shard.entries.items()
+                    for key, value in shard.entries.items()
                     if predicate(value) and (keep is None or not keep(key))
                 ]
                 for key in doomed[: limit - len(removed)]:
                     del shard.entries[key]
+                    shard.used.pop(key, None)
                     removed.append(key)
             if len(removed) >= limit:
                 break
@@ -185,6 +203,7 @@ class ShardedCache(t.Generic[V]):
         for shard in self._shards:
             with shard.lock:
                 shard.entries.clear()
+                shard.used.clear()
 
     def __len__(self) -> int:
         return sum(len(shard.entries) for shard in self._shards)
@@ -201,12 +220,12 @@ class ShardedCache(t.Generic[V]):
         entries = shard.entries
         while len(entries) > self._per_shard:
             key, _ = entries.popitem(last=False)
+            shard.used.pop(key, None)
             evicted.append(key)
         return evicted
 
     def _report(self, evicted: list[str]) -> None:
-        if evicted:
-            self.evicted_for_size += len(evicted)
-            if self._on_evict is not None:
-                for key in evicted:
-                    self._on_evict(key)
+        self.evicted_for_size += len(evicted)
+        if self._on_evict is not None:
+            for key in evicted:
+                self._on_evict(key)

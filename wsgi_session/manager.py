@@ -298,15 +298,17 @@ class SessionManager:
             self.store.delete(out.delete)
         if out.renew is not None:
             result = self._renew(*out.renew)
-        if out.diffs:
-            records = self.apply(out.diffs)
-            result = records[0] if records else result
-            self.stats.bump("writes", len(out.diffs))
+        diffs = out.diffs
+        if diffs:
+            result = self.apply(diffs)[0]
+            self.stats.writes += len(diffs)
         return result
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
         """Apply diffs, following forwarding stubs of renewed sessions."""
         results = self.store.apply(diffs)
+        if len(results) == 1 and results[0] is not None and MOVED_KEY not in results[0].values:
+            return results  # the common case: one diff, applied where it was sent
         for index, (diff, record) in enumerate(zip(diffs, results, strict=True)):
             hops = 0
             while record is not None and MOVED_KEY in record.values and MOVED_KEY not in diff.set:

@@ -149,6 +149,7 @@ class SessionMiddleware:
         if exchange.status is None:
             return _LazyBody(exchange, body)
         started_early = exchange.server_write is not None  # the app used write()
+        exchange.final = type(body) in _PASS_THROUGH and not started_early
         if not exchange.send_headers():
             _close(body)
             return exchange.outage()
@@ -160,11 +161,19 @@ class SessionMiddleware:
 
     # -- used by _Exchange ---------------------------------------------------
 
-    def finish(self, session: Session, headers: list[tuple[str, str]], late: bool, status: str = "") -> None:
+    def finish(
+        self,
+        session: Session,
+        headers: list[tuple[str, str]],
+        late: bool,
+        status: str = "",
+        final: bool = False,
+    ) -> None:
         """Commit the session's changes and add the headers they need.
 
         A server error (5xx) commits nothing, as Django does: the request
-        failed, so its half-done changes are not kept.
+        failed, so its half-done changes are not kept. ``final`` says the
+        body is complete (a list), so no second commit can follow.
 
         :raises StoreUnavailable: when the store cannot take the write.
         """
@@ -188,7 +197,8 @@ class SessionMiddleware:
             session._unsaved = True  # later changes in this request are discarded
         if late:
             return
-        session._rebase(record)
+        if not final:
+            session._rebase(record)  # a second commit may follow while the body streams
         transport = manager.transport
         if outcome.send is not None:
             transport.send(headers, outcome.send, outcome.max_age)
@@ -214,6 +224,7 @@ class _Exchange:
     __slots__ = (
         "committed",
         "exc_info",
+        "final",
         "headers",
         "middleware",
         "server_start",
@@ -231,6 +242,7 @@ class _Exchange:
         self.exc_info: OptExcInfo | None = None
         self.server_write: t.Callable[[bytes], object] | None = None
         self.committed = False
+        self.final = False
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
@@ -253,7 +265,9 @@ class _Exchange:
         if self.server_write is not None:
             return True
         try:
-            self.middleware.finish(self.session, self.headers, late=False, status=self.status or "")
+            self.middleware.finish(
+                self.session, self.headers, late=False, status=self.status or "", final=self.final
+            )
         except StoreUnavailable:
             log.warning("session store unavailable; answering 503", exc_info=True)
             return False

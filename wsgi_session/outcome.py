@@ -32,16 +32,24 @@ if t.TYPE_CHECKING:
 log = logging.getLogger("wsgi_session")
 
 
-@dataclasses.dataclass(slots=True)
 class Outcome:
-    """What the end of a request must do."""
+    """What the end of a request must do (a plain slotted class: one is built
+    for every request that writes, so it avoids dataclass factories)."""
 
-    diffs: list[SessionDiff] = dataclasses.field(default_factory=list)
-    delete: list[str] = dataclasses.field(default_factory=list)
-    renew: tuple[str, SessionDiff] | None = None
-    send: str | None = None
-    max_age: int | None = None
-    clear: bool = False
+    __slots__ = ("clear", "delete", "diffs", "max_age", "renew", "send")
+
+    def __init__(self) -> None:
+        #: Diffs to apply.
+        self.diffs: list[SessionDiff] = []
+        #: Ids to delete.
+        self.delete: list[str] = []
+        #: ``(old id, creating diff of the new id)`` for a renewal.
+        self.renew: tuple[str, SessionDiff] | None = None
+        #: A new token for the client, with its cookie ``Max-Age``.
+        self.send: str | None = None
+        self.max_age: int | None = None
+        #: Make the client drop its token.
+        self.clear = False
 
 
 #: The shared outcome of a request that used its session but has nothing to

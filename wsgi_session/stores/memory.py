@@ -59,7 +59,7 @@ class MemoryStore(Store):
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
         update = self._data.update
-        return [update(diff.id, _merge, diff) for diff in diffs]
+        return [update(diff.id, apply_diff, diff) for diff in diffs]
 
     def delete(self, session_ids: t.Iterable[str]) -> None:
         for session_id in session_ids:
@@ -77,6 +77,3 @@ class MemoryStore(Store):
     def clear(self) -> None:
         self._data.clear()
 
-
-def _merge(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord | None:
-    return apply_diff(record, diff)
