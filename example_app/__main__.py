@@ -7,6 +7,7 @@ import logging
 
 from werkzeug.serving import run_simple
 
+from . import settings
 from .app import create_app
 
 
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     """Build the app and serve it until interrupted."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run_simple(args.host, args.port, create_app(), threaded=True)
+    app = create_app()
+    logging.getLogger("example_app").info("sessions in %s", settings.redact(settings.store_url()))
+    run_simple(args.host, args.port, app, threaded=True)
 
 
 if __name__ == "__main__":
