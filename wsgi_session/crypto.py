@@ -173,15 +173,8 @@ class SealedStore(Store):
         if record is None:
             return None
         unseal, session_id = self.sealer.unseal, record.id
-        return SessionRecord(
-            id=session_id,
-            values={k: v if k == MOVED_KEY else unseal(session_id, k, v) for k, v in record.values.items()},
-            created=record.created,
-            expires=record.expires,
-            absolute=record.absolute,
-            longterm=record.longterm,
-            version=record.version,
-        )
+        values = {k: v if k == MOVED_KEY else unseal(session_id, k, v) for k, v in record.values.items()}
+        return dataclasses.replace(record, values=values, memo={})
 
     def delete(self, session_ids: t.Iterable[str]) -> None:
         self.inner.delete(session_ids)

@@ -12,7 +12,14 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from services import free_port, port_open
+import redis
+import sqlalchemy
+from services import MYSQL_URL, POSTGRES_URL, REDIS_URL, free_port, port_open, require
+
+from wsgi_session.stores import RedisStore, SQLAlchemyStore
+
+if t.TYPE_CHECKING:
+    from wsgi_session.stores.base import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,3 +97,57 @@ class Client:
 @pytest.fixture
 def namespace() -> str:
     return "wsgi_session_it_" + secrets.token_hex(4)
+
+
+class SharedBackend:
+    """Redis or a SQL database under one namespace (key prefix or table name),
+    shared by every store object it makes, like the workers of one app."""
+
+    def __init__(self, kind: str, namespace: str, sqlite_path: Path | None = None) -> None:
+        if kind == "redis":
+            require("Redis", port_open(6379), REDIS_URL)
+            self.url = REDIS_URL
+        elif kind == "postgresql":
+            require("PostgreSQL", port_open(5432), POSTGRES_URL)
+            self.url = POSTGRES_URL
+        elif kind == "mariadb":
+            require("MariaDB", port_open(3306), MYSQL_URL)
+            self.url = MYSQL_URL
+        else:
+            assert sqlite_path is not None
+            self.url = f"sqlite:///{sqlite_path}"
+        self.kind = kind
+        self.namespace = namespace
+        self._engines: list[sqlalchemy.Engine] = []
+
+    def store(self) -> Store:
+        """A new store object over the shared namespace."""
+        if self.kind == "redis":
+            return RedisStore(redis.Redis.from_url(self.url), prefix=self.namespace + ":")
+        engine = sqlalchemy.create_engine(self.url)
+        self._engines.append(engine)
+        return SQLAlchemyStore(engine, table_name=self.namespace)
+
+    def cleanup(self) -> None:
+        """Delete the namespace's keys or table."""
+        if self.kind == "redis":
+            client = redis.Redis.from_url(self.url)
+            keys = list(client.scan_iter(match=f"{self.namespace}:*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
+        else:
+            engine = sqlalchemy.create_engine(self.url)
+            with engine.begin() as connection:
+                connection.execute(sqlalchemy.text(f"DROP TABLE IF EXISTS {self.namespace}"))
+            engine.dispose()
+        for engine in self._engines:
+            engine.dispose()
+
+
+@pytest.fixture(params=["redis", "postgresql"])
+def shared(request: pytest.FixtureRequest, namespace: str) -> t.Iterator[SharedBackend]:
+    """Redis, then PostgreSQL, under a fresh namespace removed afterwards."""
+    backend = SharedBackend(request.param, namespace)
+    yield backend
+    backend.cleanup()

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import threading
+import typing as t
 
 import pytest
-import redis
-import sqlalchemy
-from services import POSTGRES_URL, REDIS_URL, port_open, require
 
-from .conftest import Client, Server, start_gunicorn, stop
+from .conftest import Client, Server, SharedBackend, start_gunicorn, stop
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 
@@ -24,28 +22,12 @@ CLIENTS = 6
 REQUESTS = 40
 
 
-@pytest.fixture(params=["redis", "postgresql"])
-def server(request: pytest.FixtureRequest, namespace: str):
-    if request.param == "redis":
-        require("Redis", port_open(6379), REDIS_URL)
-        url = REDIS_URL
-    else:
-        require("PostgreSQL", port_open(5432), POSTGRES_URL)
-        url = POSTGRES_URL
-    running = start_gunicorn(url, namespace)
+@pytest.fixture
+def server(shared: SharedBackend) -> t.Iterator[Server]:
+    running = start_gunicorn(shared.url, shared.namespace)
     yield running
     output = stop(running)
     assert "Traceback" not in output, output
-    if request.param == "redis":
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{namespace}:*"))
-        if keys:
-            client.delete(*keys)
-    else:
-        engine = sqlalchemy.create_engine(POSTGRES_URL)
-        with engine.begin() as connection:
-            connection.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{namespace}"'))
-        engine.dispose()
 
 
 def test_counters_exact_across_workers(server: Server) -> None:

@@ -13,14 +13,15 @@ import typing as t
 
 import pytest
 import redis
-import sqlalchemy as sa
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from services import POSTGRES_URL, REDIS_URL, RedisServer, port_open, require
+from services import RedisServer
 from webtest import TestApp
 
 from wsgi_session import SessionConfig, SessionMiddleware
-from wsgi_session.stores import RedisStore, SQLAlchemyStore
+from wsgi_session.stores import RedisStore
+
+from .conftest import SharedBackend
 
 if t.TYPE_CHECKING:
     from pathlib import Path
@@ -54,35 +55,9 @@ def listener_of(middleware: SessionMiddleware) -> t.Any:
     return cached.listener
 
 
-@pytest.fixture(params=["redis", "postgresql"])
-def make_store(request: pytest.FixtureRequest, namespace: str) -> t.Iterator[t.Callable[[], Store]]:
-    engines: list[sa.Engine] = []
-    if request.param == "redis":
-        require("Redis", port_open(6379), REDIS_URL)
-
-        def make() -> Store:
-            return RedisStore(redis.Redis.from_url(REDIS_URL), prefix=namespace + ":")
-    else:
-        require("PostgreSQL", port_open(5432), POSTGRES_URL)
-
-        def make() -> Store:
-            engine = sa.create_engine(POSTGRES_URL)
-            engines.append(engine)
-            return SQLAlchemyStore(engine, table_name=namespace)
-
-    yield make
-    if request.param == "redis":
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{namespace}:*"))
-        if keys:
-            client.delete(*keys)
-    else:
-        engine = sa.create_engine(POSTGRES_URL)
-        with engine.begin() as connection:
-            connection.execute(sa.text(f'DROP TABLE IF EXISTS "{namespace}"'))
-        engine.dispose()
-    for engine in engines:
-        engine.dispose()
+@pytest.fixture
+def make_store(shared: SharedBackend) -> t.Callable[[], Store]:
+    return shared.store
 
 
 def test_other_workers_change_reaches_the_cache(make_store: t.Callable[[], Store]) -> None:

@@ -14,16 +14,15 @@ from datetime import timedelta
 import pytest
 import redis
 import sqlalchemy as sa
-from services import MYSQL_URL, POSTGRES_URL, REDIS_URL, port_open, require
 from webtest import TestApp
 
 from wsgi_session import SessionConfig, SessionMiddleware
-from wsgi_session.stores import RedisStore, SQLAlchemyStore
+
+from .conftest import SharedBackend
 
 if t.TYPE_CHECKING:
     from pathlib import Path
 
-    from wsgi_session.stores.base import Store
 
 SECRET = "two-workers-secret-0123456789abcdefghij"
 ENCRYPTION_KEY = "two-workers-encryption-key-0123456789abcd"
@@ -37,31 +36,8 @@ class Clock:
         return self.now
 
 
-class Backend:
-    """Makes store objects over one shared namespace, and reads it raw."""
-
-    def __init__(self, kind: str, namespace: str, tmp_path: Path) -> None:
-        self.kind = kind
-        self.namespace = namespace
-        self._engines: list[sa.Engine] = []
-        if kind == "redis":
-            require("Redis", port_open(6379), REDIS_URL)
-            self.url = REDIS_URL
-        elif kind == "postgresql":
-            require("PostgreSQL", port_open(5432), POSTGRES_URL)
-            self.url = POSTGRES_URL
-        elif kind == "mariadb":
-            require("MariaDB", port_open(3306), MYSQL_URL)
-            self.url = MYSQL_URL
-        else:
-            self.url = f"sqlite:///{tmp_path / 'sessions.sqlite3'}"
-
-    def store(self) -> Store:
-        if self.kind == "redis":
-            return RedisStore(redis.Redis.from_url(self.url), prefix=self.namespace + ":")
-        engine = sa.create_engine(self.url)
-        self._engines.append(engine)
-        return SQLAlchemyStore(engine, table_name=self.namespace)
+class Backend(SharedBackend):
+    """Also reads the shared namespace raw, and tampers with it."""
 
     def raw_values(self) -> list[bytes]:
         """Everything stored, as raw bytes (to look for plaintext)."""
@@ -95,24 +71,10 @@ class Backend:
                 connection.execute(table.update().where(table.c.id == target).values(data=rows[source]))
         engine.dispose()
 
-    def cleanup(self) -> None:
-        if self.kind == "redis":
-            client = redis.Redis.from_url(self.url)
-            keys = list(client.scan_iter(match=f"{self.namespace}:*"))
-            if keys:
-                client.delete(*keys)
-        else:
-            engine = sa.create_engine(self.url)
-            with engine.begin() as connection:
-                connection.execute(sa.text(f"DROP TABLE IF EXISTS {self.namespace}"))
-            engine.dispose()
-        for engine in self._engines:
-            engine.dispose()
-
 
 @pytest.fixture(params=["redis", "postgresql", "mariadb", "sqlite"])
 def backend(request: pytest.FixtureRequest, namespace: str, tmp_path: Path) -> t.Iterator[Backend]:
-    made = Backend(request.param, namespace, tmp_path)
+    made = Backend(request.param, namespace, tmp_path / "sessions.sqlite3")
     yield made
     made.cleanup()
 

@@ -40,6 +40,7 @@ from flask.sessions import NullSession, SessionInterface, SessionMixin
 from ..config import SessionConfig
 from ..middleware import SessionMiddleware
 from . import store_from_url
+from ._proxy import SessionProxy
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -54,7 +55,7 @@ __all__ = ["FlaskSession", "WsgiSession", "WsgiSessionInterface", "config_from_a
 EXTENSION_KEY = "wsgi_session"
 
 
-class FlaskSession(SessionMixin):
+class FlaskSession(SessionProxy, SessionMixin):
     """The object ``flask.session`` is: a :class:`~flask.sessions.SessionMixin`
     over the request's :class:`~wsgi_session.Session`.
 
@@ -146,64 +147,8 @@ class FlaskSession(SessionMixin):
     def accessed(self, value: bool) -> None:
         self._accessed = bool(value)
 
-    # -- wsgi_session's own API ------------------------------------------------
-
-    @property
-    def raw(self) -> Session:
-        """The underlying :class:`~wsgi_session.Session` (``environ["session"]``)."""
-        return self._session
-
-    @property
-    def id(self) -> str:
-        """The session id."""
-        return self._session.id
-
-    @property
-    def is_new(self) -> bool:
-        """Same as :attr:`new`."""
-        return self._session.is_new
-
-    @property
-    def longterm(self) -> bool:
-        """Same as :attr:`permanent`."""
-        return self._session.longterm
-
-    @property
-    def consented(self) -> bool:
-        """Opt-in mode: whether the user agreed to storage."""
-        return self._session.consented
-
-    def renew(self) -> None:
-        """New id at the end of the request, data kept: call it at login and
-        at every change of privilege (done for you on Flask-Login's
-        ``user_logged_in``/``user_logged_out`` unless turned off)."""
-        self._session.renew()
-
-    def destroy(self) -> None:
-        """Delete the session and clear the cookie; later writes in this
-        request are discarded."""
-        self._session.destroy()
-
-    def set_longterm(self, longterm: bool) -> None:
-        """Same as setting :attr:`permanent`."""
-        self._session.set_longterm(longterm)
-
-    def set_store(self, store: bool) -> None:
-        """Opt-in mode: record or withdraw the user's consent."""
-        self._session.set_store(store)
-
-    def create_data(self) -> None:
-        """Manual mode: create the session so it can be written."""
-        self._session.create_data()
-
-    def update_now(self) -> None:
-        """Write the session at the end of the request even if unchanged."""
-        self._session.update_now()
-
-    @property
-    def advanced(self) -> t.Any:
-        """The store-level operations."""
-        return self._session.advanced
+    # wsgi_session's own API (id, renew, destroy, ...) comes from SessionProxy;
+    # here Flask-Login's signals already renew the id on login and logout.
 
 
 class UnwrappedSession(NullSession):

@@ -45,6 +45,7 @@ from pyramid.interfaces import ISession
 
 from ..middleware import SessionMiddleware
 from . import config_from_settings, store_from_settings
+from ._proxy import SessionProxy
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -67,7 +68,7 @@ CSRF_KEY = "_csrft_"
 FLASH_PREFIX = "_f_"
 
 
-class PyramidSession(MutableMapping[str, t.Any]):
+class PyramidSession(SessionProxy, MutableMapping[str, t.Any]):
     """``request.session``: Pyramid's ``ISession`` over a wsgi_session session.
 
     The dict API, flash queues and CSRF tokens store their data under the
@@ -169,35 +170,8 @@ class PyramidSession(MutableMapping[str, t.Any]):
         token = self.get(CSRF_KEY)
         return token if isinstance(token, str) else self.new_csrf_token()
 
-    # -- wsgi_session's own API ----------------------------------------------------
-
-    @property
-    def raw(self) -> Session:
-        """The underlying :class:`~wsgi_session.Session`."""
-        return self._session
-
-    @property
-    def id(self) -> str:
-        """The session id."""
-        return self._session.id
-
-    @property
-    def longterm(self) -> bool:
-        """Whether this is a long-term ("remember me") session."""
-        return self._session.longterm
-
-    def renew(self) -> None:
-        """New id at the end of the request, data kept."""
-        self._session.renew()
-
-    def destroy(self) -> None:
-        """Delete the session and clear the cookie; later writes in this
-        request are discarded."""
-        self._session.destroy()
-
-    def set_longterm(self, longterm: bool) -> None:
-        """Switch to ``longterm_lifetime`` and a persistent cookie, or back."""
-        self._session.set_longterm(longterm)
+    # wsgi_session's own API (id, renew, destroy, set_longterm, ...) comes
+    # from SessionProxy.
 
 
 importlib.import_module("zope.interface").classImplements(PyramidSession, ISession)
