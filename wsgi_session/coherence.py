@@ -130,6 +130,8 @@ class CachedStore(Store):
             if entry is not None and entry.local:
                 # Consent given: the memory-only session is stored in full.
                 diff = dataclasses.replace(diff, create=True, defaults=dict(entry.record.values))
+            elif entry is not None and diff.base is None:
+                diff.base = entry.record  # a hint for stores that can use it (SQL)
             if self._background or diff.is_touch:
                 results[index] = self._merge_into_cache(diff)
                 queued.append(diff)

@@ -46,7 +46,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
 from ..exceptions import StoreUnavailable
-from ..record import SessionRecord, apply_diff
+from ..record import MOVED_KEY, SessionRecord, apply_diff
 from ._codec import make_record, pack_values, unavailable_on, unpack_values
 from .base import Store
 
@@ -115,6 +115,9 @@ class SQLAlchemyStore(Store):
         self.table = session_table(table_name, sa.MetaData())
         dialect = engine.dialect.name
         self._read_committed = dialect == "postgresql" or dialect in _MYSQL
+        # Single-statement reads need no transaction: in autocommit there is
+        # no BEGIN/ROLLBACK pair around them, so a read is one round trip.
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._begin_immediate = dialect == "sqlite" and engine.dialect.driver == "pysqlite"
         self._insert_new = _insert_ignoring_duplicates(self.table, dialect)
         self._ready = False
@@ -147,14 +150,14 @@ class SQLAlchemyStore(Store):
 
     def load(self, session_id: str) -> SessionRecord | None:
         self._ensure_ready()
-        with self._errors(), self.engine.connect() as conn:
+        with self._errors(), self._reader.connect() as conn:
             row = conn.execute(self._select_row(session_id)).first()
         return None if row is None else self._to_record(row)
 
     def version(self, session_id: str) -> int | None:
         self._ensure_ready()
         query = sa.select(self.table.c.version).where(self.table.c.id == session_id)
-        with self._errors(), self.engine.connect() as conn:
+        with self._errors(), self._reader.connect() as conn:
             version: int | None = conn.execute(query).scalar()
         return version
 
@@ -187,6 +190,19 @@ class SQLAlchemyStore(Store):
         win the race. A retry re-reads with ``FOR UPDATE`` (where the database
         has it): it sees the latest commit and holds the row until the write."""
         table = self.table
+        base = diff.base
+        if base is not None and not diff.create and MOVED_KEY not in base.values:
+            # The writer's validated copy: if it is still what is stored, one
+            # UPDATE guarded by its version writes the merge (no SELECT).
+            merged = apply_diff(base, diff)
+            if merged is not None and merged is not base:
+                update = (
+                    sa.update(table)
+                    .where(table.c.id == diff.id, table.c.version == base.version)
+                    .values(_row_values(merged))
+                )
+                if conn.execute(update).rowcount == 1:
+                    return merged
         for attempt in range(_RACE_ATTEMPTS):
             query = self._select_row(diff.id)
             row = conn.execute(query.with_for_update() if attempt else query).first()
