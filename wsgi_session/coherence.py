@@ -83,8 +83,8 @@ class CachedStore(Store):
         entry = self.cache.get(session_id)
         listener = self.listener
         if entry is not None:
-            if entry.local or self.flusher.has_pending(session_id):
-                return entry.record
+            if entry.local or self.flusher.holds_unsaved(session_id):
+                return entry.record  # our own writes, not in the store yet
             if listener is not None and listener.healthy:
                 return entry.record  # kept coherent by invalidation messages
             version = self.inner.version(session_id)
@@ -108,12 +108,12 @@ class CachedStore(Store):
         """Another process changed ``session_id``: drop this process's copy,
         unless it holds writes of ours not yet in the store."""
         entry = self.cache.peek(session_id)
-        if entry is not None and not entry.local and not self.flusher.has_pending(session_id):
+        if entry is not None and not entry.local and not self.flusher.holds_unsaved(session_id):
             self.cache.pop(session_id)
 
     def _invalidate_all(self) -> None:
         """Messages may have been missed: drop every shared entry."""
-        self.cache.remove_where(lambda entry: not entry.local, limit=1 << 62, keep=self.flusher.has_pending)
+        self.cache.remove_where(lambda entry: not entry.local, limit=1 << 62, keep=self.flusher.holds_unsaved)
 
     def version(self, session_id: str) -> int | None:
         return self.inner.version(session_id)
@@ -156,7 +156,13 @@ class CachedStore(Store):
         return merged
 
     def _merge_into_cache(self, diff: SessionDiff) -> SessionRecord | None:
-        """Apply ``diff`` to the cached copy (own writes not yet in the store)."""
+        """Apply ``diff`` to the cached copy (own writes not yet in the store).
+
+        An expiry touch moves the deadline but keeps the version, so the copy
+        still validates against the store until the touch lands."""
+        if diff.is_touch:
+            entry = self.cache.update(diff.id, _touch_entry, diff)
+            return None if entry is None else entry.record
 
         entry = self.cache.update(diff.id, _merge_entry, diff)
         return None if entry is None else entry.record
@@ -164,7 +170,7 @@ class CachedStore(Store):
     def _written(self, diffs: t.Sequence[SessionDiff], results: list[SessionRecord | None]) -> None:
         """Take the records the store returned into the cache."""
         for diff, record in zip(diffs, results, strict=True):
-            if self.flusher.has_pending(diff.id):
+            if self.flusher.holds_unsaved(diff.id):
                 continue  # newer own writes are merged in the cached copy
             if record is None:
                 self.cache.pop(diff.id)
@@ -206,3 +212,11 @@ class CachedStore(Store):
 def _merge_entry(entry: _Entry | None, diff: SessionDiff) -> _Entry | None:
     merged = apply_diff(entry.record if entry is not None else None, diff)
     return None if merged is None else _Entry(merged)
+
+
+def _touch_entry(entry: _Entry | None, diff: SessionDiff) -> _Entry | None:
+    if entry is None:
+        return None
+    record = entry.record
+    record = dataclasses.replace(record, expires=diff.expires, longterm=diff.longterm, memo=record.memo)
+    return _Entry(record, entry.local)

@@ -95,6 +95,9 @@ class Flusher:
         self._writing = False
         self._pending: OrderedDict[str, list[SessionDiff]] = OrderedDict()
         self._pending_count = 0
+        #: Per session: data diffs (not mere expiry touches) accepted but not
+        #: yet confirmed written: pending, or in flight to the store.
+        self._unsaved: dict[str, int] = {}
         self._backoff = 0.0
         self._next_try = 0.0
         self.stats = FlushStats()
@@ -110,16 +113,20 @@ class Flusher:
         :raises StoreUnavailable: the store failed and the pending queue is full.
         """
         self._task.ensure_running()
-        ticket = _Ticket(diffs)
         with self._lock:
-            if any(diff.id in self._pending for diff in diffs):
-                self._defer(diffs)  # keep order behind this session's pending diffs
+            if any(diff.id in self._unsaved for diff in diffs):
+                self._defer(diffs)  # keep order behind this session's unsaved writes
                 return [None] * len(diffs)
+            # Pending expiry touches of these sessions go first, in this batch.
+            ahead = [touch for diff in diffs for touch in self._pending.pop(diff.id, ())]
+            self._pending_count -= len(ahead)
+            self.stats.pending = self._pending_count
+            ticket = _Ticket([*ahead, *diffs])
             self._queue.append(ticket)
             while not ticket.done and self._writing:
                 self._turn.wait()
             if ticket.done:
-                return self._result(ticket)
+                return self._result(ticket)[len(ticket.diffs) - len(diffs) :]
             self._writing = True
             batch, self._queue = self._queue, []
         try:
@@ -128,7 +135,7 @@ class Flusher:
             with self._lock:
                 self._writing = False
                 self._turn.notify_all()
-        return self._result(ticket)
+        return self._result(ticket)[len(ticket.diffs) - len(diffs) :]
 
     def _write_batch(self, batch: list[_Ticket]) -> None:
         diffs = [diff for ticket in batch for diff in ticket.diffs]
@@ -181,18 +188,39 @@ class Flusher:
             raise StoreUnavailable(f"{self._pending_count} session writes pending; queue full")
         for diff in diffs:
             self._pending.setdefault(diff.id, []).append(diff)
+            if not diff.is_touch:
+                self._unsaved[diff.id] = self._unsaved.get(diff.id, 0) + 1
         self._pending_count += len(diffs)
         self.stats.pending = self._pending_count
 
+    def _saved(self, diffs: t.Sequence[SessionDiff]) -> None:
+        """``diffs`` are in the store now (caller holds the lock)."""
+        unsaved = self._unsaved
+        for diff in diffs:
+            if not diff.is_touch and diff.id in unsaved:
+                left = unsaved[diff.id] - 1
+                if left > 0:
+                    unsaved[diff.id] = left
+                else:
+                    del unsaved[diff.id]
+
     def has_pending(self, session_id: str) -> bool:
-        """Whether writes of this session are waiting to be flushed."""
+        """Whether any write of this session (an expiry touch included) is
+        waiting for the flush thread."""
         return session_id in self._pending
+
+    def holds_unsaved(self, session_id: str) -> bool:
+        """Whether this process accepted changes to the session's data that
+        are not confirmed in the store yet (pending, or being written). Its
+        cached copy, which has them merged in, is then the one to serve."""
+        return session_id in self._unsaved
 
     def discard(self, session_ids: t.Iterable[str]) -> None:
         """Forget pending writes of deleted sessions."""
         with self._lock:
             for session_id in session_ids:
                 self._pending_count -= len(self._pending.pop(session_id, ()))
+                self._unsaved.pop(session_id, None)
             self.stats.pending = self._pending_count
 
     def flush_pending(self, force: bool = False) -> bool:
@@ -230,6 +258,9 @@ class Flusher:
         self.stats.flushed_diffs += len(diffs)
         with self._lock:
             self.stats.pending = self._pending_count
+            # Saved before the cache takes the stored records: a load in
+            # between validates against the store, which already has them.
+            self._saved(diffs)
         if self._on_written is not None:
             self._on_written(diffs, results)
         return not self._pending
@@ -244,6 +275,7 @@ class Flusher:
         with self._lock:
             left = self._pending_count
             self._pending.clear()
+            self._unsaved.clear()
             self._pending_count = 0
             self.stats.pending = 0
         if left:
