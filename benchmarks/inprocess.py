@@ -1,25 +1,40 @@
 """In-process cost of a session middleware, in microseconds per request.
 
-No HTTP server and no sockets: each *case* is a WSGI callable called in a
-tight loop with a copy of a prepared environ, a no-op ``start_response``, and
-the body iterated and closed as a server would. What is left is the Python
-cost of the middleware itself, which is what this script compares:
+No HTTP server and no sockets between client and app: each *case* is a
+subject's WSGI callable called in a tight loop with a copy of a prepared
+environ, a no-op ``start_response``, and the body iterated and closed as a
+server would. What is left is the cost of the session library (plus its
+store's round trips), which is what this script compares, side by side in
+one process:
 
-* ``bare / plain``: a plain WSGI app, no middleware (the baseline);
-* ``wsgi_session[memory] / ...``: the same kind of app behind
-  :class:`~wsgi_session.SessionMiddleware` with the default
-  :class:`~wsgi_session.stores.MemoryStore`, for each workload.
+* the baselines: ``bare`` (a plain WSGI app) and ``flask`` (the Flask app,
+  no session use);
+* wsgi_session with each store (memory, Redis, PostgreSQL, SQLite) in each
+  mode the installed version offers, Beaker, Flask-Session, Flask's cookie
+  session (:mod:`benchmarks.subjects`, :mod:`benchmarks.peers`);
+* the RTT references: one redis-py ``GET`` and one psycopg2 ``SELECT 1`` per
+  request, measured in the same run, so store-backed results read as
+  "round trips per request".
+
+Store round trips are counted for real (:mod:`benchmarks.counting`): Redis
+sends and SQL statements during the timed runs; the queries PostgreSQL
+actually receives (psycopg2's own ``BEGIN``, ``ROLLBACK`` and ``SET``
+included) in a separate pass through a counting proxy.
+
+Runs are interleaved (run 1 of every case, then run 2...) so that a slow
+moment of the shared machine hits every case; each run lasts about
+``--run-time`` seconds (the number of requests is calibrated per case).
 
 Run it from the repository root::
 
-    python benchmarks/inprocess.py                 # 20,000 requests x 5 runs
-    python benchmarks/inprocess.py --requests 5000 --runs 3 --only read
-    python benchmarks/inprocess.py --profile       # cProfile each case instead
+    python benchmarks/inprocess.py                       # everything
+    python benchmarks/inprocess.py --only redis --runs 3 # bare + matching cases
+    python benchmarks/inprocess.py --profile --only "wsgi_session[redis] / increment"
 
-Extending it: a :class:`Subject` is something that wraps an inner WSGI app
-(another store, another session library); a :class:`Workload` is what the
-inner app does with its session and which environ it is sent. Add one to
-:data:`SUBJECTS` or :data:`WORKLOADS`; :func:`build_cases` pairs them.
+Extending it: add a :class:`~benchmarks.subjects.Subject` to
+:func:`~benchmarks.subjects.all_subjects` or a
+:class:`~benchmarks.workloads.Workload` to :data:`~benchmarks.workloads.IN_PROCESS`;
+:func:`benchmarks.cases.build_cases` pairs them by role.
 """
 
 from __future__ import annotations
@@ -28,329 +43,163 @@ import argparse
 import cProfile
 import dataclasses
 import gc
-import os
-import platform
 import pstats
 import statistics
 import sys
-import time
 import typing as t
 from pathlib import Path
 
-from werkzeug.test import EnvironBuilder
-
-if t.TYPE_CHECKING:
-    from collections.abc import MutableMapping
-
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-
-# Run from a checkout without installing: make ``import wsgi_session`` work.
+# Run from a checkout without installing: make ``import benchmarks`` work.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsgi_session import SessionConfig, SessionMiddleware
+from benchmarks.cases import Case, build_cases, calibrate, check, close_cases, run_batch
+from benchmarks.cleanup import sweep
+from benchmarks.counting import PostgresQueryCounter
+from benchmarks.settings import Namespace, machine
 
-SECRET = "benchmark secret, not for production use!"
-BODY = [b"ok"]
-HEADERS = [("Content-Type", "text/plain"), ("Content-Length", "2")]
-
-Save = t.Callable[["MutableMapping[str, t.Any]"], None]
-
-
-def _no_op_start_response(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
-    return None
-
-
-# -- what is measured -----------------------------------------------------------
+if t.TYPE_CHECKING:
+    from benchmarks.subjects import Subject
+    from benchmarks.workloads import Workload
 
 
 @dataclasses.dataclass
-class Target:
-    """One subject wrapped around one inner app, ready to be called.
+class Measurement:
+    """The result of one case.
 
-    :param app: the WSGI callable to measure.
-    :param clear: forget every stored session (called between runs of
-        workloads that create sessions, so the store does not grow).
-    :param close: release the subject's resources at the end.
+    :param runs: µs/request of each run.
+    :param round_trips: store round trips per request, by counter
+        (``redis`` sends, ``sql_statements``) over all runs, and for
+        PostgreSQL ``sql_round_trips``, the queries the server received (see
+        :func:`count_postgres_round_trips`).
+    :param set_cookie: the steady-state response carries ``Set-Cookie``.
+    :param problem: what the check after measuring found wrong (the
+        numbers are then suspect), or ``""``.
     """
-
-    app: WSGIApplication
-    clear: t.Callable[[], None] = lambda: None
-    close: t.Callable[[], None] = lambda: None
-
-
-@dataclasses.dataclass(frozen=True)
-class Subject:
-    """A session implementation under test.
-
-    :param name: shown in the table, e.g. ``"wsgi_session[redis]"``.
-    :param wrap: builds a :class:`Target` around an inner WSGI app.
-    :param environ_key: where the inner app finds the session; ``None`` for
-        the bare baseline, which has none.
-    :param save: called by the inner app after it writes, for libraries that
-        need an explicit save (Beaker's ``session.save()``).
-    """
-
-    name: str
-    wrap: t.Callable[[WSGIApplication], Target]
-    environ_key: str | None = "session"
-    save: Save | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    """What each request of a case does.
-
-    :param name: shown in the table.
-    :param make_app: builds the inner WSGI app from the subject's
-        ``environ_key`` and ``save``.
-    :param needs_session: only subjects with a session can run it.
-    :param returning: send the cookie of a session created by a priming
-        request (a returning visitor); otherwise send no cookie.
-    :param creates: every request creates a session; the store is cleared
-        between runs.
-    :param wants_set_cookie: whether a steady-state response should carry
-        ``Set-Cookie`` (checked once before measuring).
-    """
-
-    name: str
-    make_app: t.Callable[[str | None, Save | None], WSGIApplication]
-    needs_session: bool = True
-    returning: bool = False
-    creates: bool = False
-    wants_set_cookie: bool = False
-
-
-@dataclasses.dataclass
-class Case:
-    """A subject running a workload, with the environ its requests copy."""
 
     subject: Subject
     workload: Workload
-    target: Target
-    environ: WSGIEnvironment
+    runs: list[float]
+    requests: int
+    round_trips: dict[str, float]
+    set_cookie: bool
+    problem: str = ""
 
     @property
     def label(self) -> str:
         return f"{self.subject.name} / {self.workload.name}"
 
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
 
-# -- the inner apps -----------------------------------------------------------------
-
-
-def plain_app(key: str | None, save: Save | None) -> WSGIApplication:
-    """Never touches a session (the baseline, and the pass-through case)."""
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        start_response("200 OK", HEADERS)
-        return BODY
-
-    return app
-
-
-def read_app(key: str | None, save: Save | None) -> WSGIApplication:
-    """Reads a counter; writes it only if the session has none (the priming
-    request), so a returning visitor's request is read-only."""
-    assert key is not None
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        session = environ[key]
-        if session.get("n") is None:
-            session["n"] = 0
-            if save is not None:
-                save(session)
-        start_response("200 OK", HEADERS)
-        return BODY
-
-    return app
-
-
-def increment_app(key: str | None, save: Save | None) -> WSGIApplication:
-    """Increments ``session["n"]`` on every request."""
-    assert key is not None
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        session = environ[key]
-        session["n"] = session.get("n", 0) + 1
-        if save is not None:
-            save(session)
-        start_response("200 OK", HEADERS)
-        return BODY
-
-    return app
-
-
-def new_visitor_app(key: str | None, save: Save | None) -> WSGIApplication:
-    """Writes one key, so a visitor without a cookie gets a new session."""
-    assert key is not None
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        session = environ[key]
-        session["seen"] = True
-        if save is not None:
-            save(session)
-        start_response("200 OK", HEADERS)
-        return BODY
-
-    return app
-
-
-# -- subjects ---------------------------------------------------------------------------
-
-
-def bare(app: WSGIApplication) -> Target:
-    """No middleware at all."""
-    return Target(app)
-
-
-def wsgi_session_memory(app: WSGIApplication) -> Target:
-    """:class:`SessionMiddleware` with its default :class:`MemoryStore`."""
-    middleware = SessionMiddleware(app, SessionConfig(secret_keys=[SECRET]))
-    return Target(middleware, clear=middleware.advanced.clear_store, close=middleware.close)
-
-
-#: Everything measured. Future subjects (``wsgi_session[redis]``,
-#: ``wsgi_session[sqlite]``, Beaker, Flask-Session) go here.
-SUBJECTS: list[Subject] = [
-    Subject("bare", bare, environ_key=None),
-    Subject("wsgi_session[memory]", wsgi_session_memory),
-]
-
-WORKLOADS: list[Workload] = [
-    Workload("plain", plain_app, needs_session=False),
-    Workload("untouched", plain_app),
-    Workload("read", read_app, returning=True),
-    Workload("increment", increment_app, returning=True),
-    Workload("new visitor", new_visitor_app, creates=True, wants_set_cookie=True),
-]
-
-
-# -- building cases ---------------------------------------------------------------------
-
-
-def base_environ() -> WSGIEnvironment:
-    """A typical browser GET, built once per case."""
-    builder = EnvironBuilder(
-        path="/",
-        headers={
-            "Host": "localhost",
-            "User-Agent": "Mozilla/5.0 (benchmark)",
-            "Accept": "text/html",
-            "Accept-Language": "en",
-        },
-    )
-    try:
-        return builder.get_environ()
-    finally:
-        builder.close()
-
-
-def call(app: WSGIApplication, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]]]:
-    """One request, recording the status and headers (not for the hot loop)."""
-    seen: list[t.Any] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
-        seen[:] = [status, headers]
-        return lambda data: None
-
-    body = app(environ.copy(), start_response)
-    try:
-        for _chunk in body:
-            pass
-    finally:
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
-    return seen[0], seen[1]
-
-
-def set_cookies(headers: list[tuple[str, str]]) -> list[str]:
-    """The ``name=value`` part of each ``Set-Cookie`` header."""
-    return [value.split(";", 1)[0] for key, value in headers if key.lower() == "set-cookie"]
-
-
-def prepare(subject: Subject, workload: Workload) -> Case:
-    """Build the case, prime it, and check it measures what it claims."""
-    target = subject.wrap(workload.make_app(subject.environ_key, subject.save))
-    environ = base_environ()
-    if workload.returning:
-        status, headers = call(target.app, environ)
-        cookies = set_cookies(headers)
-        if not cookies:
-            raise RuntimeError(f"{subject.name}: the priming request set no cookie ({status})")
-        environ["HTTP_COOKIE"] = "; ".join(cookies)
-    case = Case(subject, workload, target, environ)
-    check(case)
-    return case
-
-
-def check(case: Case) -> None:
-    """One steady-state request: 200, and Set-Cookie only where expected."""
-    status, headers = call(case.target.app, case.environ)
-    if not status.startswith("200"):
-        raise RuntimeError(f"{case.label}: status {status}")
-    has_cookie = bool(set_cookies(headers))
-    if has_cookie != case.workload.wants_set_cookie:
-        state = "sends" if has_cookie else "does not send"
-        raise RuntimeError(f"{case.label}: the steady-state response {state} Set-Cookie")
-
-
-def build_cases(only: str | None = None) -> list[Case]:
-    """Every subject paired with every workload it can run. The bare
-    baseline is always included; ``only`` filters the rest by label."""
-    cases = []
-    for subject in SUBJECTS:
-        for workload in WORKLOADS:
-            if workload.needs_session == (subject.environ_key is None):
-                continue
-            label = f"{subject.name} / {workload.name}"
-            if only and subject.environ_key is not None and only not in label:
-                continue
-            cases.append(prepare(subject, workload))
-    return cases
+    def as_dict(self) -> dict[str, t.Any]:
+        return {
+            "subject": self.subject.name,
+            "workload": self.workload.name,
+            "median_us": self.median,
+            "min_us": min(self.runs),
+            "max_us": max(self.runs),
+            "runs_us": self.runs,
+            "requests_per_run": self.requests,
+            "round_trips": self.round_trips,
+            "set_cookie": self.set_cookie,
+            "problem": self.problem,
+        }
 
 
 # -- measuring ---------------------------------------------------------------------------
 
 
-def run_batch(app: WSGIApplication, environ: WSGIEnvironment, requests: int) -> int:
-    """Nanoseconds for ``requests`` calls, each with a fresh environ copy,
-    its body iterated and closed."""
-    copy = environ.copy
-    start_response = _no_op_start_response
-    started = time.perf_counter_ns()
-    for _ in range(requests):
-        body = app(copy(), start_response)
-        for _chunk in body:
-            pass
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
-    return time.perf_counter_ns() - started
+def measure(cases: list[Case], runs: int, run_time: float, requests: int | None = None) -> list[Measurement]:
+    """Each case's µs/request per run and its round trips per request.
+    Runs are interleaved so drift in machine speed hits all cases; each case
+    is checked again afterwards (its session must have survived intact).
 
-
-def measure(cases: list[Case], requests: int, runs: int) -> dict[str, list[float]]:
-    """µs/request of each run of each case. Runs are interleaved (run 1 of
-    every case, then run 2...) so drift in machine speed hits all cases."""
-    results: dict[str, list[float]] = {case.label: [] for case in cases}
-    for case in cases:  # warm-up: caches, memo dicts, branch predictors
-        run_batch(case.target.app, case.environ, max(1, requests // 10))
+    Each run starts in a steady state: one untimed request, then the
+    subject's pending background writes are awaited. Interleaved, a case's
+    runs are seconds apart, so its session has been idle longer than
+    wsgi_session's ``touch_interval`` (10 s) and the first request queues an
+    expiry refresh; while that write is pending (up to the 50 ms flush
+    interval) reads are served from the cache without the version check. In
+    a steady stream of requests that window is one in ``touch_interval``;
+    timed, it would cover most of a short run and hide the round trips.
+    """
+    for case in cases:
+        case.requests = requests or calibrate(case, run_time)
+    times: dict[int, list[float]] = {id(case): [] for case in cases}
+    trips: dict[int, dict[str, int]] = {id(case): {} for case in cases}
     for _ in range(runs):
         for case in cases:
             if case.workload.creates:
                 case.target.clear()
+            else:
+                run_batch(case.target.app, case.environ, 1)  # may queue an expiry refresh
+            case.target.settle()
             gc.collect()
-            elapsed = run_batch(case.target.app, case.environ, requests)
-            results[case.label].append(elapsed / requests / 1000)
+            before = case.target.counters.snapshot()
+            elapsed = run_batch(case.target.app, case.environ, case.requests)
+            after = case.target.counters.snapshot()
+            times[id(case)].append(elapsed / case.requests / 1000)
+            for name, value in after.items():
+                trips[id(case)][name] = trips[id(case)].get(name, 0) + value - before[name]
+    results = []
+    for case in cases:
+        try:
+            check(case)
+            problem = ""
+        except RuntimeError as exc:
+            problem = str(exc)
+        per_request = {name: total / (runs * case.requests) for name, total in trips[id(case)].items()}
+        results.append(
+            Measurement(
+                case.subject,
+                case.workload,
+                times[id(case)],
+                case.requests,
+                per_request,
+                case.set_cookie,
+                problem,
+            )
+        )
     return results
 
 
-def profile(cases: list[Case], requests: int, top: int) -> None:
-    """cProfile each session case for one batch and print the top functions."""
+def count_postgres_round_trips(results: list[Measurement], namespace: Namespace, requests: int = 30) -> None:
+    """Add ``round_trips["sql_round_trips"]`` to every PostgreSQL measurement:
+    the queries that reached the server per request, counted on the wire by a
+    :class:`~benchmarks.counting.PostgresQueryCounter` in a separate pass
+    (the proxy's extra hop would distort the timed runs)."""
+    measured = {(m.subject.name, m.workload.name): m for m in results if m.subject.store == "postgresql"}
+    if not measured:
+        return
+    subjects = list({m.subject.slug: m.subject for m in measured.values()}.values())
+    workloads = list({m.workload.name: m.workload for m in measured.values()}.values())
+    with PostgresQueryCounter.running(namespace.postgres_url) as proxy:
+        proxied = namespace.via(proxy.url_for(namespace.postgres_url)).child("count")
+        cases, _ = build_cases(proxied, subjects, workloads)
+        try:
+            for case in cases:
+                if case.workload.creates:
+                    case.target.clear()
+                else:
+                    run_batch(case.target.app, case.environ, 3)
+                case.target.settle()
+                before = proxy.queries.value
+                run_batch(case.target.app, case.environ, requests)
+                case.target.settle()  # background writes belong to these requests
+                found = measured.get((case.subject.name, case.workload.name))
+                if found is not None:
+                    found.round_trips["sql_round_trips"] = (proxy.queries.value - before) / requests
+        finally:
+            close_cases(cases)
+
+
+def profile(cases: list[Case], run_time: float, top: int) -> None:
+    """cProfile each session case for one run and print the top functions."""
     for case in cases:
-        if case.subject.environ_key is None:
+        if case.subject.role != "session":
             continue
-        if case.workload.creates:
-            case.target.clear()
+        requests = calibrate(case, run_time)
         profiler = cProfile.Profile()
         profiler.runcall(run_batch, case.target.app, case.environ, requests)
         print(f"\n=== {case.label}: {requests} requests (times include cProfile overhead) ===")
@@ -361,67 +210,131 @@ def profile(cases: list[Case], requests: int, top: int) -> None:
 # -- reporting -------------------------------------------------------------------------
 
 
-def machine() -> str:
-    """Python version, platform and CPU, for the report header."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"Python {platform.python_version()} ({platform.python_implementation()}) on "
-        f"{platform.platform()}\nCPU: {cpu}, {os.cpu_count()} logical CPUs"
-    )
+def rtt_units(results: list[Measurement]) -> dict[str, float]:
+    """The median µs of one round trip, by store (``redis``, ``postgresql``)."""
+    return {m.subject.store: m.median for m in results if m.subject.role == "rtt"}
 
 
-def report(results: dict[str, list[float]], baseline: str) -> None:
-    """Print median, min and max µs/request, and the cost over ``baseline``."""
-    bare_median = statistics.median(results[baseline])
-    width = max(len(label) for label in results)
-    print(
-        f"{'case':<{width}}  {'median':>8}  {'min':>8}  {'max':>8}  {'added':>8}  {'ratio':>6}"
-        f"\n{'':<{width}}  {'µs/req':>8}  {'µs/req':>8}  {'µs/req':>8}  {'µs/req':>8}  {'x bare':>6}"
-    )
-    print("-" * (width + 50))
-    for label, runs in results.items():
-        median = statistics.median(runs)
-        added = "" if label == baseline else f"{median - bare_median:+8.2f}"
-        print(
-            f"{label:<{width}}  {median:8.2f}  {min(runs):8.2f}  {max(runs):8.2f}  "
-            f"{added:>8}  {median / bare_median:6.1f}"
+def baselines(results: list[Measurement]) -> dict[str, float]:
+    """The median µs of each family's baseline (``wsgi``: bare, ``flask``: Flask alone)."""
+    return {m.subject.family: m.median for m in results if m.subject.role == "baseline"}
+
+
+def store_round_trips(measurement: Measurement) -> float | None:
+    """Round trips per request to the subject's store (``None`` without one)."""
+    store = measurement.subject.store
+    if store == "redis":
+        return measurement.round_trips.get("redis", 0.0)
+    if store == "postgresql":
+        return measurement.round_trips.get("sql_round_trips")
+    if store == "sqlite":
+        return measurement.round_trips.get("sql_statements", 0.0)
+    return None
+
+
+def as_rows(results: list[Measurement]) -> list[dict[str, t.Any]]:
+    """Each measurement as a dict for ``results.json``, with what it means:
+    the time added over its family's baseline, its store round trips per
+    request and its time in RTTs of its store."""
+    base = baselines(results)
+    units = rtt_units(results)
+    rows = []
+    for m in results:
+        unit = units.get(m.subject.store)
+        row = m.as_dict()
+        row.update(
+            role=m.subject.role,
+            family=m.subject.family,
+            store=m.subject.store,
+            ours=m.subject.ours,
+            added_us=(
+                m.median - base[m.subject.family]
+                if m.subject.role == "session" and m.subject.family in base
+                else None
+            ),
+            store_round_trips=store_round_trips(m),
+            in_rtts=m.median / unit if unit and m.subject.role == "session" else None,
         )
+        rows.append(row)
+    return rows
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="In-process cost of a session middleware, in µs/request.")
-    parser.add_argument("--requests", type=int, default=20_000, help="requests per run (20000)")
-    parser.add_argument("--runs", type=int, default=5, help="runs per case; the median is reported (5)")
-    parser.add_argument("--only", help="measure only cases whose label contains this (plus bare)")
-    parser.add_argument("--profile", action="store_true", help="cProfile one run of each case instead")
-    parser.add_argument("--top", type=int, default=25, help="functions shown per profile (25)")
-    args = parser.parse_args(argv)
-    if args.requests < 1 or args.runs < 1:
-        parser.error("--requests and --runs must be at least 1")
-    return args
+def report(results: list[Measurement], skipped: dict[str, str]) -> None:
+    """Print median, min and max µs/request, the cost over the family's
+    baseline, the store round trips counted and the time in RTTs."""
+    base = baselines(results)
+    units = rtt_units(results)
+    width = max(len(m.label) for m in results)
+    columns = ("median", "min", "max", "added")
+    print(f"{'case':<{width}}  " + "  ".join(f"{c:>8}" for c in columns) + f"  {'store':>6}  {'in':>5}")
+    print(f"{'':<{width}}  " + "  ".join(f"{'µs/req':>8}" for _ in columns) + f"  {'RT/req':>6}  {'RTTs':>5}")
+    print("-" * (width + 56))
+    for m in results:
+        added = "" if m.subject.role != "session" else f"{m.median - base.get(m.subject.family, 0):+8.2f}"
+        trips = store_round_trips(m)
+        unit = units.get(m.subject.store)
+        print(
+            f"{m.label:<{width}}  {m.median:8.2f}  {min(m.runs):8.2f}  {max(m.runs):8.2f}  {added:>8}  "
+            f"{'' if trips is None else f'{trips:6.2f}':>6}  "
+            f"{'' if unit is None or m.subject.role == 'rtt' else f'{m.median / unit:5.2f}':>5}"
+        )
+    for m in results:
+        if m.problem:
+            print(f"PROBLEM {m.label}: {m.problem}")
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}")
+
+
+def run(
+    namespace: Namespace,
+    runs: int = 5,
+    run_time: float = 0.15,
+    requests: int | None = None,
+    only: str | None = None,
+) -> tuple[list[Measurement], dict[str, str]]:
+    """Build, measure and close every case; the measurements and the
+    subjects that could not run, with the reason."""
+    cases, skipped = build_cases(namespace, only=only)
+    try:
+        results = measure(cases, runs, run_time, requests)
+    finally:
+        close_cases(cases)
+    count_postgres_round_trips(results, namespace)
+    return results, skipped
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The in-process options (shared with ``run_all.py``)."""
+    parser.add_argument("--runs", type=int, default=5, help="runs per case; median/min/max reported (5)")
+    parser.add_argument("--run-time", type=float, default=0.15, help="seconds per run, calibrated (0.15)")
+    parser.add_argument("--requests", type=int, help="fixed requests per run instead of calibrating")
+    parser.add_argument("--only", help="measure only session cases whose label contains this")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    print(machine())
-    cases = build_cases(args.only)
+    parser = argparse.ArgumentParser(description="In-process cost of a session middleware, in µs/request.")
+    add_arguments(parser)
+    parser.add_argument("--profile", action="store_true", help="cProfile one run of each case instead")
+    parser.add_argument("--top", type=int, default=25, help="functions shown per profile (25)")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or (args.requests is not None and args.requests < 1) or args.run_time <= 0:
+        parser.error("--runs, --requests and --run-time must be positive")
+    info = machine()
+    print(f"{info['python']} on {info['platform']}\nCPU: {info['cpu']}\n")
+    namespace = Namespace.new()
     try:
         if args.profile:
-            profile(cases, args.requests, args.top)
+            cases, skipped = build_cases(namespace, only=args.only)
+            try:
+                profile(cases, args.run_time, args.top)
+            finally:
+                close_cases(cases)
             return
-        print(f"{args.requests} requests x {args.runs} runs per case, in process, gc enabled\n")
-        results = measure(cases, args.requests, args.runs)
-        report(results, baseline=cases[0].label)
+        results, skipped = run(namespace, args.runs, args.run_time, args.requests, args.only)
     finally:
-        for case in cases:
-            case.target.close()
+        sweep(namespace)
+    print(f"{args.runs} runs of ~{args.run_time} s per case, interleaved, gc enabled\n")
+    report(results, skipped)
 
 
 if __name__ == "__main__":

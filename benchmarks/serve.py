@@ -1,0 +1,17 @@
+"""The gunicorn entry point: ``benchmarks.serve:app``.
+
+Each worker builds the subject named by ``BENCH_SUBJECT`` (a slug of
+:func:`benchmarks.subjects.all_subjects`) in the namespace ``BENCH_NAMESPACE``
+that the parent process passes, so its keys and tables are the ones the
+parent cleans up. :mod:`benchmarks.loadtest` starts gunicorn with it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .settings import Namespace
+from .subjects import by_slug
+
+target = by_slug(os.environ["BENCH_SUBJECT"]).build(Namespace.from_env())
+app = target.app

@@ -1,0 +1,247 @@
+"""The targets of issue 4, checked against one run's results.
+
+Every ratio compares numbers from the same run (medians, as the issue asks;
+the in-process minimums are given too, since the machine is shared). The
+input is the ``results.json`` structure that :mod:`benchmarks.run_all`
+writes, so a report can be rebuilt from a saved file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+Results = dict[str, t.Any]
+
+#: The peers' figures quoted in issue 4 (2-core machines), for context.
+ISSUE_FIGURES = {
+    ("bare", "plain"): "≈ 1 µs",
+    ("beaker[memory]", "read"): "≈ 30-38 µs",
+    ("beaker[redis]", "read"): "≈ 360-370 µs (≈ 7-8 RTT)",
+    ("flask-session[redis]", "increment"): "≈ 460-480 µs",
+    ("flask", "plain"): "≈ 65 µs",
+}
+ISSUE_LOAD_FIGURES = {
+    "bare": "≈ 3,360",
+    "beaker[memory]": "≈ 2,450",
+    "beaker[redis]": "≈ 1,200",
+    "flask-session[redis]": "≈ 1,090",
+    "flask-session[postgresql]": "≈ 520",
+}
+
+
+@dataclasses.dataclass
+class Check:
+    """One target: what was measured against what was asked."""
+
+    target: str
+    measured: str
+    goal: str
+    met: bool | None  # None: could not be measured
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "**missed**", None: "not measured"}[self.met]
+
+
+def row(results: Results, subject: str, workload: str) -> dict[str, t.Any] | None:
+    """The in-process measurement of ``subject`` / ``workload``."""
+    for measurement in results.get("inprocess", []):
+        if measurement["subject"] == subject and measurement["workload"] == workload:
+            return t.cast("dict[str, t.Any]", measurement)
+    return None
+
+
+def median(results: Results, subject: str, workload: str) -> float | None:
+    found = row(results, subject, workload)
+    return None if found is None else float(found["median_us"])
+
+
+def load(results: Results, subject: str, workload: str, server: str = "gthread 1x4") -> float | None:
+    """Requests/s of one gunicorn run."""
+    for result in results.get("gunicorn", []):
+        if (result["subject"], result["workload"], result["server"]) == (subject, workload, server):
+            return float(result["requests_per_s"])
+    return None
+
+
+def rtt(results: Results, store: str) -> float | None:
+    """The median µs of one plain round trip to ``store``."""
+    name = {"redis": "redis-py GET (1 RTT)", "postgresql": "psycopg2 SELECT 1 (1 RTT)"}[store]
+    return median(results, name, "round trip")
+
+
+def _memory_store(results: Results) -> list[Check]:
+    bare = median(results, "bare", "plain")
+    checks = []
+    for workload, limit in (("read", 4.0), ("increment", 8.0), ("new visitor", 15.0)):
+        ours, beaker = (
+            median(results, "wsgi_session[memory]", workload),
+            median(results, "beaker[memory]", workload),
+        )
+        if bare is None or ours is None:
+            checks.append(Check(f"memory store {workload}: added over bare", "—", f"≤ {limit:g} µs", None))
+            continue
+        added = ours - bare
+        checks.append(
+            Check(
+                f"memory store {workload}: added over bare",
+                f"{added:.1f} µs",
+                f"≤ {limit:g} µs",
+                added <= limit,
+            )
+        )
+        if beaker is not None:
+            ratio = (beaker - bare) / added
+            checks.append(
+                Check(
+                    f"memory store {workload}: vs Beaker memory (added µs)",
+                    f"{ratio:.1f}x faster",
+                    "≥ 5x",
+                    ratio >= 5,
+                )
+            )
+    return checks
+
+
+def _redis(results: Results) -> list[Check]:
+    unit = rtt(results, "redis")
+    checks = []
+    for workload, limit in (("read", 1.3), ("increment", 2.3)):
+        value = median(results, "wsgi_session[redis]", workload)
+        found = row(results, "wsgi_session[redis]", workload)
+        if unit is None or value is None or found is None:
+            checks.append(Check(f"Redis strict {workload}", "—", f"≤ {limit} RTT", None))
+            continue
+        counted = found["round_trips"]["redis"]
+        checks.append(
+            Check(
+                f"Redis strict {workload}",
+                f"{value / unit:.2f} RTT ({value:.0f} µs, RTT {unit:.0f} µs; "
+                f"{counted:.2f} round trips counted)",
+                f"≤ {limit} RTT",
+                value / unit <= limit,
+            )
+        )
+    memory = median(results, "wsgi_session[memory]", "read")
+    relaxed = [
+        (value, name)
+        for name in (
+            "wsgi_session[redis, notify]",
+            "wsgi_session[redis, background+notify]",
+            "wsgi_session[redis, background]",
+        )
+        if (value := median(results, name, "read")) is not None
+    ]
+    if memory is not None and relaxed:
+        best, name = min(relaxed)
+        checks.append(
+            Check(
+                "Redis relaxed cached read vs memory store read",
+                f"{best / memory:.2f}x ({name}: {best:.1f} µs vs {memory:.1f} µs)",
+                "≤ 2x",
+                best / memory <= 2,
+            )
+        )
+    return checks
+
+
+def _postgresql(results: Results) -> list[Check]:
+    """Queries per request: what the server received (counted on the wire,
+    psycopg2's own ``BEGIN``/``ROLLBACK``/``SET`` included), with the
+    statements the code executed alongside."""
+    checks = []
+    for workload, limit in (("read", 1), ("increment", 2)):
+        found = row(results, "wsgi_session[postgresql]", workload)
+        trips = None if found is None else found["round_trips"].get("sql_round_trips")
+        if found is None or trips is None:
+            checks.append(
+                Check(f"PostgreSQL strict {workload}: queries per request", "—", f"≤ {limit}", None)
+            )
+            continue
+        statements = found["round_trips"]["sql_statements"]
+        checks.append(
+            Check(
+                f"PostgreSQL strict {workload}: queries per request",
+                f"{trips:.2f} queries received by the server ({statements:.2f} statements executed)",
+                f"≤ {limit}",
+                trips <= limit + 0.01,
+            )
+        )
+    return checks
+
+
+def _ratio(label: str, ours: float | None, theirs: float | None, goal: float, unit: str = "req/s") -> Check:
+    if ours is None or theirs is None:
+        return Check(label, "—", f"≥ {goal:g}x", None)
+    ratio = ours / theirs
+    return Check(label, f"{ratio:.2f}x ({ours:,.0f} vs {theirs:,.0f} {unit})", f"≥ {goal:g}x", ratio >= goal)
+
+
+def _gunicorn(results: Results) -> list[Check]:
+    checks = []
+    for server in ("gthread 1x4", "sync x2"):
+        memory, bare = (
+            load(results, "wsgi_session[memory]", "read", server),
+            load(results, "bare", "plain", server),
+        )
+        if memory is not None and bare is not None:
+            share = memory / bare
+            checks.append(
+                Check(
+                    f"{server}: memory-store read vs bare app",
+                    f"{share:.0%} ({memory:,.0f} vs {bare:,.0f} req/s)",
+                    "≥ 90 %",
+                    share >= 0.9,
+                )
+            )
+        pairs = (
+            ("Redis increment vs Beaker Redis", "wsgi_session[redis]", "beaker[redis]"),
+            (
+                "inside Flask: Redis increment vs Flask-Session",
+                "flask + wsgi_session[redis]",
+                "flask-session[redis]",
+            ),
+            (
+                "inside Flask: PostgreSQL increment vs Flask-Session",
+                "flask + wsgi_session[postgresql]",
+                "flask-session[postgresql]",
+            ),
+        )
+        for label, ours, theirs in pairs:
+            checks.append(
+                _ratio(
+                    f"{server}: {label}",
+                    load(results, ours, "increment", server),
+                    load(results, theirs, "increment", server),
+                    2,
+                )
+            )
+    return checks
+
+
+def _memory(results: Results) -> list[Check]:
+    for result in results.get("memory", []):
+        if result["library"] == "wsgi_session[memory]":
+            scaled = result["rss_before"] + result["per_session"] * 100_000
+            return [
+                Check(
+                    "RSS with 100,000 cached 1 KB sessions",
+                    f"{scaled / 2**20:.0f} MB ({result['overhead']:,.0f} B per session beyond its data)",
+                    "≤ 250 MB",
+                    scaled <= 250 * 2**20,
+                )
+            ]
+    return [Check("RSS with 100,000 cached 1 KB sessions", "—", "≤ 250 MB", None)]
+
+
+def evaluate(results: Results) -> list[Check]:
+    """Every target of issue 4 that this run measured (or could not)."""
+    checks: list[Check] = []
+    if results.get("inprocess"):
+        checks += _memory_store(results) + _redis(results) + _postgresql(results)
+    if results.get("gunicorn"):
+        checks += _gunicorn(results)
+    if results.get("memory"):
+        checks += _memory(results)
+    return checks

@@ -1,0 +1,63 @@
+"""What each request of a measurement does: a path of :mod:`benchmarks.apps`
+and the cookie it is sent with.
+
+==============  ==========  =================================================
+workload        path        the request
+==============  ==========  =================================================
+plain           /plain      baselines only: no session, no cookie
+untouched       /plain      a session subject whose app never uses it
+read            /read       returning visitor, session ``n`` + 1 KB string
+increment       /inc        returning visitor, ``n += 1``
+new visitor     /inc        no cookie: creates ``n`` + 1 KB string
+read 20 KB      /read20k    returning visitor, session ``n`` + 20 KB string
+round trip      (any)       the RTT references: one store round trip
+==============  ==========  =================================================
+
+A returning visitor's cookie comes from one priming request to the same path
+(which creates the session), so every session is the standard one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One kind of request.
+
+    :param name: shown in tables.
+    :param path: the path requested.
+    :param role: the subjects that run it (a :data:`benchmarks.subjects.Role`).
+    :param returning: send the cookie of a session a priming request created.
+    :param creates: every request creates a session; the store is cleared
+        between runs (and the workload gets a target of its own).
+    :param wants_set_cookie: whether wsgi_session's steady-state response
+        must carry ``Set-Cookie`` (its "no noise" promise, checked once).
+    :param check: what is checked on every response of the load test, and
+        on a few before and after measuring in process (``"inc"``: the
+        counter goes up by one; ``"read"``: it stays 0).
+    """
+
+    name: str
+    path: str
+    role: str = "session"
+    returning: bool = False
+    creates: bool = False
+    wants_set_cookie: bool = False
+    check: t.Literal["", "inc", "read"] = ""
+
+
+PLAIN = Workload("plain", "/plain", role="baseline")
+UNTOUCHED = Workload("untouched", "/plain")
+READ = Workload("read", "/read", returning=True, check="read")
+INCREMENT = Workload("increment", "/inc", returning=True, check="inc")
+NEW_VISITOR = Workload("new visitor", "/inc", creates=True, wants_set_cookie=True, check="inc")
+READ_20K = Workload("read 20 KB", "/read20k", returning=True, check="read")
+ROUND_TRIP = Workload("round trip", "/rtt", role="rtt")
+
+#: Everything measured in process, in table order.
+IN_PROCESS: list[Workload] = [PLAIN, ROUND_TRIP, UNTOUCHED, READ, INCREMENT, NEW_VISITOR, READ_20K]
+#: Under gunicorn: the limit, a read-only request and a write.
+UNDER_LOAD: list[Workload] = [PLAIN, READ, INCREMENT]
