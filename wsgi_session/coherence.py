@@ -19,8 +19,9 @@ a lock-sharded cache and never trusts a cached copy blindly:
 
 Strict writes go through the :class:`~wsgi_session.flusher.Flusher`'s group
 commit and the cache takes the records the store returns; background writes
-and expiry touches are merged into the cache at once and flushed within the
-flush interval.
+(except the creation of a session, always written at once) and expiry
+touches are merged into the cache at once and flushed within the flush
+interval.
 """
 
 from __future__ import annotations
@@ -132,7 +133,10 @@ class CachedStore(Store):
                 diff = dataclasses.replace(diff, create=True, defaults=dict(entry.record.values))
             elif entry is not None and diff.base is None:
                 diff.base = entry.record  # a hint for stores that can use it (SQL)
-            if self._background or diff.is_touch:
+            # Background mode queues updates, but a new session is written at
+            # once: another worker must find it when the client's next request
+            # lands there, or it would hand out a fresh session instead.
+            if (self._background and not diff.create) or diff.is_touch:
                 results[index] = self._merge_into_cache(diff)
                 queued.append(diff)
             else:

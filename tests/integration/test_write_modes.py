@@ -93,3 +93,23 @@ def test_a_pending_expiry_touch_does_not_stop_validation(shared: SharedBackend) 
     finally:
         toucher.close()
         writer.close()
+
+
+def test_background_mode_writes_new_sessions_at_once(shared: SharedBackend) -> None:
+    """A client's second request may land on another worker: in background
+    mode the session it got must already be there (only updates may lag)."""
+    config = SessionConfig(secret_keys=["write-modes-secret-0123456789abcdefghij"], write_mode="background")
+    one = SessionMiddleware(counter, config, store=shared.store())
+    two = SessionMiddleware(counter, config, store=shared.store())
+    try:
+        for _ in range(10):
+            browser = TestApp(one)
+            assert browser.get("/").text == "1"
+            elsewhere = TestApp(two)
+            elsewhere.set_cookie("session", browser.cookies["session"])
+            response = elsewhere.get("/read")
+            assert response.text == "1"
+            assert "Set-Cookie" not in response.headers  # not replaced by a fresh session
+    finally:
+        one.close()
+        two.close()
