@@ -218,3 +218,26 @@ def test_outage_raises_store_unavailable_and_recovers(tmp_path: Path, make_diff:
         client.close()
         server.stop()
         restarted.stop()
+
+
+@redis_kinds
+def test_a_writer_holding_the_stored_version_gets_a_short_reply(
+    backend: Backend, make_diff: MakeDiff
+) -> None:
+    """``diff.base`` at the stored version: the script answers only the new
+    version and the store merges the writer's copy itself, with the same
+    result as the full reply; a stale base gets the full hash back."""
+    store = backend.store
+    created = store.apply([make_diff("s1", {"a": b"1", "b": b"2"}, create=True)])[0]
+    assert created is not None
+    diff = make_diff("s1", {"a": b"10"}, delete=["b"])
+    diff.base = created
+    merged = store.apply([diff])[0]
+    assert merged == store.load("s1")
+    assert merged is not None
+    assert dict(merged.values) == {"a": b"10"}
+    assert merged.version == created.version + 1
+    stale = make_diff("s1", {"c": b"3"})
+    stale.base = created  # two versions behind now
+    assert store.apply([stale])[0] == store.load("s1")
+    assert dict(store.load("s1").values) == {"a": b"10", "c": b"3"}  # type: ignore[union-attr]

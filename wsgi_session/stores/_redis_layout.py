@@ -32,14 +32,18 @@ def _lua(name: bytes) -> str:
 # contract test test_apply_matches_record_apply_diff keeps the two in step).
 # ARGV: create, clear, expires, absolute ('' = none), longterm, created,
 # number of defaults, number of deletes, the channel to announce the change
-# on ('' = none) and the message, then the defaults (field, value), the
-# deleted fields and the set (field, value) pairs.
+# on ('' = none) and the message, the version the writer's copy has ('' =
+# none), then the defaults (field, value), the deleted fields and the set
+# (field, value) pairs. When the stored version equals the writer's, the
+# writer can merge its copy itself: the script answers just the new version
+# instead of the whole hash.
 MERGE_SCRIPT = """
 local key = KEYS[1]
 local create, clear = ARGV[1] == '1', ARGV[2] == '1'
 local expires, absolute, longterm, created = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local ndefaults, ndelete = tonumber(ARGV[7]), tonumber(ARGV[8])
 local version = 1
+local same = false
 local existed = redis.call('EXISTS', key) == 1
 if existed then
   if redis.call('HEXISTS', key, {MOVED}) == 1 then
@@ -52,12 +56,13 @@ if existed then
     return redis.error_reply({BAD})
   end
   version, created = old + 1, meta[2]
+  same = ARGV[11] ~= '' and tonumber(ARGV[11]) == old
   if meta[3] and meta[3] ~= '' then absolute = meta[3] end
   if clear then redis.call('DEL', key) end
 elseif not create then
   return false
 end
-local i = 11
+local i = 12
 if not (existed and clear) then
   for _ = 1, ndefaults do
     redis.call('HSETNX', key, ARGV[i], ARGV[i + 1])
@@ -75,7 +80,8 @@ end
 redis.call('HSET', key, {V}, version, {C}, created, {E}, expires, {A}, absolute, {L}, longterm)
 local deadline = tonumber(expires)
 if absolute ~= '' and tonumber(absolute) < deadline then deadline = tonumber(absolute) end
-local result = redis.call('HGETALL', key)
+local result = version
+if not same then result = redis.call('HGETALL', key) end
 redis.call('PEXPIREAT', key, string.format('%.0f', math.ceil(deadline * 1000)))
 if ARGV[9] ~= '' then redis.call('PUBLISH', ARGV[9], ARGV[10]) end
 return result
@@ -106,6 +112,7 @@ def script_args(diff: SessionDiff, announce: tuple[bytes, bytes] | None) -> list
         str(len(diff.delete)).encode(),
         b"" if announce is None else announce[0],
         b"" if announce is None else announce[1] + b" " + diff.id.encode(),
+        _base_version(diff),
     ]
     for key, value in defaults.items():
         args += (_field(key), value)
@@ -113,6 +120,14 @@ def script_args(diff: SessionDiff, announce: tuple[bytes, bytes] | None) -> list
     for key, value in diff.set.items():
         args += (_field(key), value)
     return args
+
+
+def _base_version(diff: SessionDiff) -> bytes:
+    """The version of the writer's copy, if it can merge the diff into it."""
+    base = diff.base
+    if base is None or diff.create or MOVED_KEY in base.values:
+        return b""
+    return str(base.version).encode()
 
 
 def _field(key: str) -> bytes:

@@ -76,4 +76,3 @@ class MemoryStore(Store):
 
     def clear(self) -> None:
         self._data.clear()
-
