@@ -15,6 +15,35 @@ class SessionProxy:
 
     _session: Session
 
+    # -- the mapping, passed through (adapters may add bookkeeping) -----------
+
+    def __getitem__(self, key: str) -> t.Any:
+        return self._session[key]
+
+    def __setitem__(self, key: str, value: t.Any) -> None:
+        self._session[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._session[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._session
+
+    def __iter__(self) -> t.Iterator[str]:
+        return iter(self._session)
+
+    def __len__(self) -> int:
+        return len(self._session)
+
+    def clear(self) -> None:
+        """Remove every key; the session and its id stay (see :meth:`destroy`)."""
+        self._session.clear()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._session!r}>"
+
+    # -- wsgi_session's own API -------------------------------------------------
+
     @property
     def raw(self) -> Session:
         """The underlying :class:`~wsgi_session.Session` (``environ["session"]``)."""

@@ -80,9 +80,6 @@ class FlaskSession(SessionProxy, SessionMixin):
 
     # -- the mapping --------------------------------------------------------
 
-    def __getitem__(self, key: str) -> t.Any:
-        return self._session[key]
-
     def __setitem__(self, key: str, value: t.Any) -> None:
         self._session[key] = value
         self._modified = True
@@ -91,22 +88,10 @@ class FlaskSession(SessionProxy, SessionMixin):
         del self._session[key]
         self._modified = True
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._session
-
-    def __iter__(self) -> t.Iterator[str]:
-        return iter(self._session)
-
-    def __len__(self) -> int:
-        return len(self._session)
-
     def clear(self) -> None:
         """Remove every key (the session and its id stay: see :meth:`destroy`)."""
         self._session.clear()
         self._modified = True
-
-    def __repr__(self) -> str:
-        return f"<FlaskSession {self._session!r}>"
 
     # -- Flask's SessionMixin ------------------------------------------------
 

@@ -89,32 +89,7 @@ class PyramidSession(SessionProxy, MutableMapping[str, t.Any]):
         self._session = session
         self._created: int | None = None
 
-    # -- the dict API ----------------------------------------------------------
-
-    def __getitem__(self, key: str) -> t.Any:
-        return self._session[key]
-
-    def __setitem__(self, key: str, value: t.Any) -> None:
-        self._session[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self._session[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._session
-
-    def __iter__(self) -> t.Iterator[str]:
-        return iter(self._session)
-
-    def __len__(self) -> int:
-        return len(self._session)
-
-    def clear(self) -> None:
-        """Remove every key; the session and its id stay."""
-        self._session.clear()
-
-    def __repr__(self) -> str:
-        return f"<PyramidSession {self._session!r}>"
+    # The dict API is passed through by SessionProxy.
 
     # -- ISession ----------------------------------------------------------------
 
