@@ -99,8 +99,12 @@ class CachedStore(Store):
         if record is None:
             self.cache.pop(session_id)
             return None
-        if listener is None or listener.may_cache(session_id, started):
+        if listener is None:
             self.cache.put(session_id, _Entry(record))
+        elif listener.may_cache(session_id, started):
+            # Trusted until invalidated: never let a slow load replace a newer
+            # copy that this process's own write put there meanwhile.
+            self.cache.update(session_id, _newer, record)
         else:
             self.cache.pop(session_id)  # a change raced this load: do not keep it
         return record
@@ -178,8 +182,10 @@ class CachedStore(Store):
                 continue  # newer own writes are merged in the cached copy
             if record is None:
                 self.cache.pop(diff.id)
-            else:
+            elif self.listener is None:
                 self.cache.put(diff.id, _Entry(record))
+            else:
+                self.cache.update(diff.id, _newer, record)
 
     def forget(self, session_id: str) -> None:
         """Drop this process's copy of ``session_id``."""
@@ -224,3 +230,10 @@ def _touch_entry(entry: _Entry | None, diff: SessionDiff) -> _Entry | None:
     record = entry.record
     record = dataclasses.replace(record, expires=diff.expires, longterm=diff.longterm, memo=record.memo)
     return _Entry(record, entry.local)
+
+
+def _newer(entry: _Entry | None, record: SessionRecord) -> _Entry:
+    """``record`` unless the cache holds the same session at a later version."""
+    if entry is not None and entry.record.id == record.id and entry.record.version > record.version:
+        return entry
+    return _Entry(record)

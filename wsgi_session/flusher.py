@@ -138,6 +138,8 @@ class Flusher:
         return self._result(ticket)[len(ticket.diffs) - len(diffs) :]
 
     def _write_batch(self, batch: list[_Ticket]) -> None:
+        """Write a group of tickets; every ticket ends ``done`` with results or
+        an error, whatever the store raises."""
         diffs = [diff for ticket in batch for diff in ticket.diffs]
         try:
             results = self._store.apply(diffs)
@@ -154,6 +156,14 @@ class Flusher:
                     except StoreUnavailable as full:
                         ticket.error = full
                     ticket.done = True
+            return
+        except Exception as exc:
+            if len(batch) > 1:  # one bad session must not fail the others
+                for ticket in batch:
+                    self._write_batch([ticket])
+                return
+            batch[0].error = exc  # e.g. BadStoredData: the caller decides
+            batch[0].done = True
             return
         self.stats.flushes += 1
         self.stats.flushed_diffs += len(diffs)
@@ -233,27 +243,56 @@ class Flusher:
             if not force and time.monotonic() < self._next_try:
                 return False
             taken, self._pending = self._pending, OrderedDict()
-            count, self._pending_count = self._pending_count, 0
-        diffs = [diff for chain in taken.values() for diff in chain]
+            self._pending_count = 0
+        chains = list(taken.items())
         if self._backoff:
             self.stats.retries += 1
-        try:
-            results = self._store.apply(diffs)
-        except Exception as exc:
+        failed, error = self._write_chains(chains)
+        if failed:
             self.stats.failures += 1
             self._backoff = min(5.0, max(0.1, self._backoff * 2))
             self._next_try = time.monotonic() + self._backoff
             log.warning("session store flush failed (%s); retrying %d diffs in %.1fs",
-                        exc, count, self._backoff)  # fmt: skip
+                        error, sum(len(chain) for _, chain in failed), self._backoff)  # fmt: skip
             with self._lock:
-                for session_id, chain in reversed(taken.items()):
+                for session_id, chain in reversed(failed):
                     newer = self._pending.pop(session_id, [])
                     self._pending[session_id] = chain + newer
                     self._pending.move_to_end(session_id, last=False)
-                self._pending_count += count
+                    self._pending_count += len(chain)
                 self.stats.pending = self._pending_count
-            return False
-        self._backoff = 0.0
+        else:
+            self._backoff = 0.0
+        return not self._pending and not failed
+
+    def _write_chains(
+        self, chains: list[tuple[str, list[SessionDiff]]]
+    ) -> tuple[list[tuple[str, list[SessionDiff]]], BaseException | None]:
+        """Write pending chains (one per session) in one batch; if that fails
+        for a reason other than an outage, session by session, so one bad
+        stored row cannot hold back, or replay, everybody else's writes.
+        Returns the chains to retry (the store was unreachable) and the
+        error."""
+        diffs = [diff for _, chain in chains for diff in chain]
+        try:
+            results = self._store.apply(diffs)
+        except StoreError as exc:
+            return chains, exc
+        except Exception as exc:
+            if len(chains) == 1:
+                session_id, chain = chains[0]
+                with self._lock:
+                    self.stats.lost += len(chain)
+                    self._saved(chain)
+                log.error("session %s...: %d writes could NOT be saved: %s", session_id[:6], len(chain), exc)
+                return [], None
+            failed: list[tuple[str, list[SessionDiff]]] = []
+            error: BaseException | None = None
+            for one in chains:
+                retry, problem = self._write_chains([one])
+                failed += retry
+                error = error or problem
+            return failed, error
         self.stats.flushes += 1
         self.stats.flushed_diffs += len(diffs)
         with self._lock:
@@ -263,7 +302,7 @@ class Flusher:
             self._saved(diffs)
         if self._on_written is not None:
             self._on_written(diffs, results)
-        return not self._pending
+        return [], None
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush everything pending, retrying until ``timeout`` seconds have

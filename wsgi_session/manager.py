@@ -292,7 +292,21 @@ class SessionManager:
 
     def commit(self, out: Outcome) -> SessionRecord | None:
         """Apply ``out`` to the store; returns the session's new record when
-        there is one (for a second commit while the body streams)."""
+        there is one (for a second commit while the body streams).
+
+        A stored row that cannot be merged into (damaged, or undecryptable)
+        is logged and left alone; this request's changes to it are dropped,
+        and the next request gets a fresh session."""
+        try:
+            return self._commit(out)
+        except BadStoredData as exc:
+            ids = [diff.id for diff in out.diffs] or ([out.renew[0]] if out.renew else [])
+            for session_id in ids:
+                self._unreadable(session_id, f"cannot write to it: {exc.message}")
+                self.forget(session_id)
+            return None
+
+    def _commit(self, out: Outcome) -> SessionRecord | None:
         result: SessionRecord | None = None
         if out.delete:
             self.store.delete(out.delete)

@@ -255,7 +255,10 @@ class _Exchange:
     def write(self, data: bytes) -> None:
         """The legacy ``write()`` callable: sends the headers first."""
         if self.server_write is None and not self.send_headers():
-            raise StoreUnavailable("session store unavailable; response already begun")
+            # Nothing was sent yet: the middleware answers 503 once the app lets go.
+            failure = StoreUnavailable("session store unavailable")
+            self.session._failure = failure
+            raise failure
         assert self.server_write is not None
         self.server_write(data)
 

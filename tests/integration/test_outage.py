@@ -177,3 +177,47 @@ def test_close_with_the_store_down_reports_what_was_lost(
     assert flush.lost == 1
     assert "were NOT saved" in caplog.text
     server.thaw()
+
+
+def test_a_row_damaged_between_requests_is_not_a_500(server: RedisServer) -> None:
+    """The cached copy still validates (same version), but the stored hash
+    lost a metadata field: the write fails with BadStoredData. The request
+    is answered normally, the row is left as it is, and the next request
+    gets a fresh session."""
+    middleware, _ = make_app(server)
+    client = TestApp(middleware)
+    assert client.get("/inc").text == "1"
+    raw = fast_failing_client(server)
+    [key] = raw.keys("outage:*")
+    raw.hdel(key, b"\0c")
+    damaged = raw.hgetall(key)
+    assert client.get("/inc").status_int == 200
+    assert raw.hgetall(key) == damaged  # left alone
+    assert middleware.stats.unreadable_rows == 1
+    assert client.get("/inc").text == "1"  # a fresh session
+    middleware.close()
+
+
+def test_one_damaged_row_does_not_hold_back_other_background_writes(server: RedisServer) -> None:
+    middleware, _ = make_app(server, write_mode="background")
+    good, bad = TestApp(middleware), TestApp(middleware)
+    good.get("/inc")
+    bad.get("/inc")
+    raw = fast_failing_client(server)
+    bad_key = f"outage:{bad.cookies['session'].split('.')[0]}"
+    good_key = f"outage:{good.cookies['session'].split('.')[0]}"
+    flush = middleware.flush_stats
+    assert flush is not None
+    deadline = time.monotonic() + 5
+    while flush.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raw.hdel(bad_key, b"\0c")
+    good.get("/inc")
+    bad.get("/inc")  # both queued; the bad one cannot be merged
+    deadline = time.monotonic() + 5
+    while flush.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert flush.pending == 0  # not replayed forever
+    assert flush.lost == 1  # the bad one, counted and logged
+    assert raw.hget(good_key, "n") == b"2"  # the good one was written
+    middleware.close()
