@@ -8,6 +8,7 @@ frozen) and that a broken subscription falls back to validating reads.
 
 from __future__ import annotations
 
+import threading
 import time
 import typing as t
 
@@ -131,3 +132,55 @@ def test_lost_subscription_falls_back_to_validation(private_redis: RedisServer) 
         assert client.get("/").text == "0"  # the cache was dropped: the session is gone
     finally:
         middleware.close()
+
+
+class SlowLoadRedisStore(RedisStore):
+    """A fault injector (named as such): a real Redis, but ``load`` can be
+    held after it has read the hash, so a write of the same process can be
+    made to land in between — an interleaving no server produces on demand."""
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold = False
+        self.loaded = threading.Event()
+        self.release = threading.Event()
+
+    def load(self, session_id: str) -> t.Any:
+        record = super().load(session_id)
+        if self.hold:
+            self.loaded.set()
+            self.release.wait(10)
+        return record
+
+
+def test_a_slow_load_never_replaces_a_newer_own_write(private_redis: RedisServer) -> None:
+    from wsgi_session.coherence import CachedStore
+    from wsgi_session.record import SessionDiff
+
+    inner = SlowLoadRedisStore(fast_client(private_redis), prefix="race:")
+    cached = CachedStore(inner, SessionConfig(secret_keys=[SECRET], coherence="notify"))
+    cached.setup()
+    try:
+        assert cached.listener is not None
+        assert wait_until(lambda: cached.listener is not None and cached.listener.healthy)
+        now = time.time()
+
+        def diff(value: bytes, create: bool = False) -> SessionDiff:
+            return SessionDiff("race_session_000001", {"x": value}, frozenset(), False, now + 3600,
+                               None, False, now, create=create)  # fmt: skip
+
+        cached.apply([diff(b'"v1"', create=True)])
+        cached.forget("race_session_000001")
+        inner.hold = True
+        reader = threading.Thread(target=cached.load, args=("race_session_000001",))
+        reader.start()  # request 1 reads v1, slowly
+        assert inner.loaded.wait(10)
+        inner.hold = False
+        cached.apply([diff(b'"v2"')])  # request 2 writes v2 and answers
+        inner.release.set()
+        reader.join()
+        record = cached.load("race_session_000001")  # trusted from the cache
+        assert record is not None
+        assert record.values["x"] == b'"v2"'
+    finally:
+        cached.close()
