@@ -43,16 +43,15 @@ import typing as t
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import mysql
 
 from ..exceptions import StoreUnavailable
 from ..record import MOVED_KEY, SessionRecord, apply_diff
-from ._codec import make_record, pack_values, unavailable_on, unpack_values
+from ._codec import make_record, unavailable_on, unpack_values
+from ._sql_schema import MYSQL, insert_ignoring_duplicates, is_conflict, is_outage, row_values, session_table
 from .base import Store
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine, Row
-    from sqlalchemy.sql.dml import Insert
 
     from ..record import SessionDiff
 
@@ -68,32 +67,6 @@ _CHUNK = 500
 _NOTIFY_CHUNK = 50
 #: How often :meth:`SQLAlchemyStore.listen` looks at its ``stop`` event.
 _POLL_SECONDS = 0.25
-_MYSQL = ("mysql", "mariadb")
-
-_ID_TYPE = (
-    sa.String(128)
-    .with_variant(mysql.VARCHAR(128, charset="utf8mb4", collation="utf8mb4_bin"), *_MYSQL)
-    .with_variant(sa.String(128, collation="C"), "postgresql")
-)
-_DATA_TYPE = sa.LargeBinary().with_variant(mysql.LONGBLOB(), *_MYSQL)
-
-
-def session_table(name: str, metadata: sa.MetaData) -> sa.Table:
-    """The table :class:`SQLAlchemyStore` keeps sessions in, defined in
-    ``metadata`` (for Alembic migrations: add it to your own metadata)."""
-    return sa.Table(
-        name,
-        metadata,
-        sa.Column("id", _ID_TYPE, primary_key=True),
-        sa.Column("data", _DATA_TYPE, nullable=False),
-        sa.Column("version", sa.Integer, nullable=False),
-        sa.Column("created", sa.Double, nullable=False),
-        sa.Column("expires", sa.Double, nullable=False),
-        sa.Column("absolute", sa.Double, nullable=True),
-        sa.Column("longterm", sa.Boolean, nullable=False),
-        sa.Index(f"ix_{name}_expires", "expires"),
-        sa.Index(f"ix_{name}_absolute", "absolute"),
-    )
 
 
 class SQLAlchemyStore(Store):
@@ -114,12 +87,12 @@ class SQLAlchemyStore(Store):
         self.engine = engine
         self.table = session_table(table_name, sa.MetaData())
         dialect = engine.dialect.name
-        self._read_committed = dialect == "postgresql" or dialect in _MYSQL
+        self._read_committed = dialect == "postgresql" or dialect in MYSQL
         # Single-statement reads need no transaction: in autocommit there is
         # no BEGIN/ROLLBACK pair around them, so a read is one round trip.
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._begin_immediate = dialect == "sqlite" and engine.dialect.driver == "pysqlite"
-        self._insert_new = _insert_ignoring_duplicates(self.table, dialect)
+        self._insert_new = insert_ignoring_duplicates(self.table, dialect)
         self._ready = False
         self._setup_lock = threading.Lock()
         #: The PostgreSQL ``NOTIFY`` channel of ``coherence="notify"``.
@@ -129,7 +102,7 @@ class SQLAlchemyStore(Store):
         self.supports_notifications = dialect == "postgresql" and engine.dialect.driver == "psycopg2"
 
     def _errors(self) -> t.ContextManager[None]:
-        return unavailable_on((sa_exc.SQLAlchemyError,), "the session database", _is_outage)
+        return unavailable_on((sa_exc.SQLAlchemyError,), "the session database", is_outage)
 
     def setup(self) -> None:
         """Create the table and its indexes if missing. Safe to call from
@@ -180,7 +153,7 @@ class SQLAlchemyStore(Store):
                         self._announce(conn, {diffs[i].id for i in order if results[i] is not None})
                     return results
                 except sa_exc.DBAPIError as exc:
-                    if attempt == _BATCH_ATTEMPTS or not _is_conflict(exc):
+                    if attempt == _BATCH_ATTEMPTS or not is_conflict(exc):
                         raise
                     log.info("session batch hit a deadlock or lock timeout; retrying: %s", exc.orig)
                     attempt += 1
@@ -199,7 +172,7 @@ class SQLAlchemyStore(Store):
                 update = (
                     sa.update(table)
                     .where(table.c.id == diff.id, table.c.version == base.version)
-                    .values(_row_values(merged))
+                    .values(row_values(merged))
                 )
                 if conn.execute(update).rowcount == 1:
                     return merged
@@ -217,7 +190,7 @@ class SQLAlchemyStore(Store):
                 update = (
                     sa.update(table)
                     .where(table.c.id == diff.id, table.c.version == current.version)
-                    .values(_row_values(merged))
+                    .values(row_values(merged))
                 )
                 if conn.execute(update).rowcount == 1:
                     return merged
@@ -226,7 +199,7 @@ class SQLAlchemyStore(Store):
 
     def _insert(self, conn: Connection, record: SessionRecord) -> bool:
         """Insert a new row; ``False`` if a concurrent writer inserted it first."""
-        row = {"id": record.id, "created": record.created, **_row_values(record)}
+        row = {"id": record.id, "created": record.created, **row_values(record)}
         if self._insert_new is not None:
             return conn.execute(self._insert_new, row).rowcount == 1
         try:  # any other database: a savepoint absorbs the duplicate key
@@ -363,49 +336,3 @@ class SQLAlchemyStore(Store):
                                 on_message(origin, session_id)
             finally:
                 raw.close()
-
-
-def _row_values(record: SessionRecord) -> dict[str, t.Any]:
-    """The columns an update writes (all but ``id`` and ``created``)."""
-    return {
-        "data": pack_values(record.values),
-        "version": record.version,
-        "expires": record.expires,
-        "absolute": record.absolute,
-        "longterm": record.longterm,
-    }
-
-
-def _insert_ignoring_duplicates(table: sa.Table, dialect: str) -> Insert | None:
-    """An ``INSERT`` that inserts nothing (rowcount 0) when the id exists,
-    or ``None`` where the dialect has no such statement."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing(index_elements=[table.c.id])
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table).on_conflict_do_nothing(index_elements=[table.c.id])
-    if dialect in _MYSQL:
-        return sa.insert(table).prefix_with("IGNORE")
-    return None
-
-
-def _is_outage(exc: BaseException) -> bool:
-    """Whether a SQLAlchemy error means the database cannot serve now."""
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(
-        exc,
-        sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError | sa_exc.TimeoutError,
-    )
-
-
-def _is_conflict(exc: sa_exc.DBAPIError) -> bool:
-    """Whether the database aborted a transaction only because of other
-    transactions (a deadlock, a serialization failure, a lock wait timeout)."""
-    orig = exc.orig
-    state = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)  # psycopg2, psycopg 3
-    code = next(iter(getattr(orig, "args", ())), None)  # MySQL: lock wait timeout, deadlock
-    return state in ("40001", "40P01") or code in (1205, 1213) or "database is locked" in str(orig)

@@ -1,0 +1,91 @@
+"""The table of :class:`~wsgi_session.stores.SQLAlchemyStore` and what differs
+between databases: column types, insert-or-ignore, and which errors mean
+"unreachable" or "lost a race". Private to the SQL store."""
+
+from __future__ import annotations
+
+import typing as t
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql
+
+from ._codec import pack_values
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.sql.dml import Insert
+
+    from ..record import SessionRecord
+
+MYSQL = ("mysql", "mariadb")
+
+_ID_TYPE = (
+    sa.String(128)
+    .with_variant(mysql.VARCHAR(128, charset="utf8mb4", collation="utf8mb4_bin"), *MYSQL)
+    .with_variant(sa.String(128, collation="C"), "postgresql")
+)
+_DATA_TYPE = sa.LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL)
+
+
+def session_table(name: str, metadata: sa.MetaData) -> sa.Table:
+    """The table :class:`SQLAlchemyStore` keeps sessions in, defined in
+    ``metadata`` (for Alembic migrations: add it to your own metadata)."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", _ID_TYPE, primary_key=True),
+        sa.Column("data", _DATA_TYPE, nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("created", sa.Double, nullable=False),
+        sa.Column("expires", sa.Double, nullable=False),
+        sa.Column("absolute", sa.Double, nullable=True),
+        sa.Column("longterm", sa.Boolean, nullable=False),
+        sa.Index(f"ix_{name}_expires", "expires"),
+        sa.Index(f"ix_{name}_absolute", "absolute"),
+    )
+
+
+def row_values(record: SessionRecord) -> dict[str, t.Any]:
+    """The columns an update writes (all but ``id`` and ``created``)."""
+    return {
+        "data": pack_values(record.values),
+        "version": record.version,
+        "expires": record.expires,
+        "absolute": record.absolute,
+        "longterm": record.longterm,
+    }
+
+
+def insert_ignoring_duplicates(table: sa.Table, dialect: str) -> Insert | None:
+    """An ``INSERT`` that inserts nothing (rowcount 0) when the id exists,
+    or ``None`` where the dialect has no such statement."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=[table.c.id])
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=[table.c.id])
+    if dialect in MYSQL:
+        return sa.insert(table).prefix_with("IGNORE")
+    return None
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a SQLAlchemy error means the database cannot serve now."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc,
+        sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError | sa_exc.TimeoutError,
+    )
+
+
+def is_conflict(exc: sa_exc.DBAPIError) -> bool:
+    """Whether the database aborted a transaction only because of other
+    transactions (a deadlock, a serialization failure, a lock wait timeout)."""
+    orig = exc.orig
+    state = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)  # psycopg2, psycopg 3
+    code = next(iter(getattr(orig, "args", ())), None)  # MySQL: lock wait timeout, deadlock
+    return state in ("40001", "40P01") or code in (1205, 1213) or "database is locked" in str(orig)
