@@ -306,3 +306,18 @@ def scripted(make_middleware: t.Callable[..., SessionMiddleware]) -> t.Callable[
         return Scripted(make_middleware, store, **fields)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> t.Iterator[t.Any]:
+    """A client of the suite's Redis (the service rule applies when it is down)."""
+    import redis
+    from services import REDIS_URL, service_unavailable
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_unavailable(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    yield client
+    client.close()

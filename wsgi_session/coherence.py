@@ -134,9 +134,7 @@ class CachedStore(Store):
                 continue
             if entry is not None and entry.local:
                 # Consent given: the memory-only session is stored in full.
-                diff = dataclasses.replace(diff, create=True, defaults=dict(entry.record.values))
-            elif entry is not None and diff.base is None:
-                diff.base = entry.record  # a hint for stores that can use it (SQL)
+                diff = dataclasses.replace(diff, create=True, defaults=dict(entry.record.values), base=None)
             # Background mode queues updates, but a new session is written at
             # once: another worker must find it when the client's next request
             # lands there, or it would hand out a fresh session instead.

@@ -144,11 +144,12 @@ class Finisher:
             longterm,
             created=record.created,
             local_only=local,
+            base=record,  # the snapshot: lets SQL and Redis skip re-reading an unchanged row
         )
         if session._renew and not late:
             new_id = m.new_id()
             session._id = new_id
-            out.renew = (record.id, dataclasses.replace(diff, id=new_id, create=True))
+            out.renew = (record.id, dataclasses.replace(diff, id=new_id, create=True, base=None))
             m.stats.bump("renewed")
             self._issue(out, session, new_id, longterm, record.absolute, now)
             return out

@@ -87,8 +87,8 @@ class SessionDiff:
         renewal to carry the old data underneath newer writes).
     :param local_only: keep the change in this process's memory and out of
         the persistent store (opt-in mode before consent).
-    :param base: the record the writer believes is stored now (its validated
-        cached copy), a hint that lets a SQL store write with one ``UPDATE
+    :param base: the record the writer believes is stored now (the request's
+        validated snapshot), a hint that lets a SQL store write with one ``UPDATE
         ... WHERE version = base.version`` instead of reading the row first;
         when the hint is stale the store merges the usual way.
     """

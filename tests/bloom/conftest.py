@@ -13,18 +13,7 @@ import uuid
 import pytest
 import redis
 import sqlalchemy as sa
-from services import POSTGRES_URL, REDIS_URL, service_unavailable
-
-
-@pytest.fixture(scope="module")
-def redis_client() -> t.Iterator[redis.Redis[bytes]]:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        service_unavailable(f"Redis at {REDIS_URL} is unreachable: {exc}")
-    yield client
-    client.close()
+from services import POSTGRES_URL, service_unavailable
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from services import REDIS_URL, free_port, port_open, require, service_unavailable
+from services import REDIS_URL, free_port, port_open, service_unavailable
 
 if t.TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext
@@ -117,19 +117,6 @@ def launch(playwright: t.Any) -> t.Iterator[t.Callable[..., Browser]]:
     yield factory
     for browser in launched:
         browser.close()
-
-
-@pytest.fixture(scope="session")
-def redis_client() -> t.Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        client.ping()
-        reachable = True
-    except redis.RedisError:
-        reachable = False
-    require("Redis", reachable, REDIS_URL)
-    yield client
-    client.close()
 
 
 def start_shop(name: str, output_dir: Path, workers: int, threads: int, **env: str) -> Shop:

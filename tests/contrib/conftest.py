@@ -59,3 +59,17 @@ def drop_session_cookie(client: t.Any, name: str = "session") -> None:
     for cookie in list(client.cookiejar):
         if cookie.name == name:
             client.cookiejar.clear(cookie.domain, cookie.path, cookie.name)
+
+
+def assert_counts_up(client: t.Any, path: str = "/") -> t.Any:
+    """Three requests to a counter view: 1, 2, 3, with exactly one
+    ``Set-Cookie`` (on the first) and none once the cookie is set. Returns
+    the third response."""
+    first = client.get(path)
+    assert first.text == "1"
+    assert len([v for k, v in first.headerlist if k == "Set-Cookie"]) == 1
+    assert client.get(path).text == "2"
+    third = client.get(path)
+    assert third.text == "3"
+    assert "Set-Cookie" not in third.headers  # no noise once the cookie is set
+    return third

@@ -29,7 +29,7 @@ import redis
 import sqlalchemy as sa
 from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
-from services import MYSQL_URL, POSTGRES_URL, REDIS_URL, RedisServer, free_port, service_unavailable
+from services import MYSQL_URL, POSTGRES_URL, RedisServer, free_port, service_unavailable
 
 from wsgi_session.record import MOVED_KEY, SessionDiff
 from wsgi_session.stores import MemoryStore, RedisStore, SQLAlchemyStore
@@ -174,17 +174,6 @@ class Backend:
 
 
 # -- servers --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def redis_client() -> t.Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        service_unavailable(f"Redis at {REDIS_URL} is unreachable: {exc}")
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="session")

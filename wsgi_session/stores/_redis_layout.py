@@ -125,7 +125,7 @@ def script_args(diff: SessionDiff, announce: tuple[bytes, bytes] | None) -> list
 def _base_version(diff: SessionDiff) -> bytes:
     """The version of the writer's copy, if it can merge the diff into it."""
     base = diff.base
-    if base is None or diff.create or MOVED_KEY in base.values:
+    if base is None or base.id != diff.id or diff.create or MOVED_KEY in base.values:
         return b""
     return str(base.version).encode()
 

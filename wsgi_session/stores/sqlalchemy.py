@@ -164,7 +164,7 @@ class SQLAlchemyStore(Store):
         has it): it sees the latest commit and holds the row until the write."""
         table = self.table
         base = diff.base
-        if base is not None and not diff.create and MOVED_KEY not in base.values:
+        if base is not None and base.id == diff.id and not diff.create and MOVED_KEY not in base.values:
             # The writer's validated copy: if it is still what is stored, one
             # UPDATE guarded by its version writes the merge (no SELECT).
             merged = apply_diff(base, diff)
