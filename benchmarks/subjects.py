@@ -169,9 +169,12 @@ def ours(store: str, mode: str = "", *, flask: bool = False, gunicorn: bool = Fa
         if flask:
             import flask as flask_module
 
-            app = flask_app(lambda: flask_module.request.environ["session"])
-            middleware = SessionMiddleware(app.wsgi_app, config, store=store_object)
-            app.wsgi_app = middleware
+            from wsgi_session.contrib.flask import WsgiSession
+
+            # The way a Flask app uses it: the extension, views on flask.session
+            # (as for Flask-Session), so Flask's own cookie session is not opened.
+            app = flask_app(lambda: flask_module.session)
+            middleware = WsgiSession(config=config, store=store_object).init_app(app)
             outer: WSGIApplication = app
         else:
             middleware = SessionMiddleware(wsgi_app(lambda environ: environ["session"]), config, store_object)

@@ -4,6 +4,7 @@ value format."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import typing as t
 
@@ -95,23 +96,42 @@ def test_statements_per_call(backend: Backend, make_diff: MakeDiff) -> None:
         if verb != "BEGIN":  # SQLite's BEGIN IMMEDIATE: transaction control, as elsewhere
             statements.append(verb)
 
-    sa.event.listen(store.engine, "before_cursor_execute", record)
+    # On every Engine: the store's autocommit statements use a pool of its own.
+    sa.event.listen(sa.Engine, "before_cursor_execute", record)
     try:
         store.apply([make_diff("s1", {"k": b"v"}, create=True)])
-        assert statements == ["SELECT", "INSERT"]
+        assert statements == ["INSERT"]  # a new session: insert-or-ignore, alone
         statements.clear()
+        snapshot = store.load("s1")
+        assert snapshot is not None
+        assert statements == ["SELECT"]
+        statements.clear()
+        # s2 is new (inserted alone); s1 has no snapshot, so it is read and
+        # written in a transaction.
         store.apply([make_diff("s1", {"k": b"w"}), make_diff("s2", {"k": b"v"}, create=True)])
-        assert statements == ["SELECT", "UPDATE", "SELECT", "INSERT"]
+        assert statements == ["INSERT", "SELECT", "UPDATE"]
         statements.clear()
-        store.load("s1")
+        # With the snapshot the writer read (now stale: s1 changed since),
+        # the guarded UPDATE finds nothing and the transaction merges.
+        stale = dataclasses.replace(make_diff("s1", {"j": b"x"}), base=snapshot)
+        store.apply([stale])
+        assert statements == ["UPDATE", "SELECT", "UPDATE"]
+        statements.clear()
+        current = store.load("s1")
+        assert current is not None
+        assert current.values == {"k": b"w", "j": b"x"}
+        # With an up-to-date snapshot a write is that one UPDATE.
+        store.apply([dataclasses.replace(make_diff("s1", {"j": b"y"}), base=current)])
+        assert statements == ["SELECT", "UPDATE"]
+        statements.clear()
         store.version("s1")
-        assert statements == ["SELECT", "SELECT"]
+        assert statements == ["SELECT"]
         store.apply([make_diff(f"p{n}", {"k": b"v"}, create=True) for n in range(20)])
         statements.clear()
         assert len(list(store.iter_ids(batch_size=10))) == 22
         assert statements == ["SELECT"] * 3
     finally:
-        sa.event.remove(store.engine, "before_cursor_execute", record)
+        sa.event.remove(sa.Engine, "before_cursor_execute", record)
 
 
 @pytest.mark.parametrize(
@@ -155,9 +175,11 @@ def test_writers_merge_whatever_the_engine_isolation(
 @pytest.mark.parametrize("backend", SQL_KINDS[1:], indirect=True)
 @pytest.mark.parametrize("verb", ["INSERT", "UPDATE"])
 def test_a_lost_race_is_merged_again(backend: Backend, make_diff: MakeDiff, verb: str) -> None:
-    """Fault injection: another writer commits between this writer's SELECT
-    and its INSERT or UPDATE. (Not on SQLite, whose writers take the lock
-    before reading, so the race cannot happen there.)"""
+    """Fault injection: another writer commits just before this writer's
+    first INSERT (its insert-or-ignore of a new session then inserts nothing)
+    or UPDATE (made after its SELECT, so the version no longer matches).
+    (Not on SQLite, whose writers take the lock before reading, so the race
+    cannot happen there.)"""
     store = sql_store(backend)
     if verb == "UPDATE":
         store.apply([make_diff("s1", {"a": b"1"}, create=True)])
@@ -169,11 +191,12 @@ def test_a_lost_race_is_merged_again(backend: Backend, make_diff: MakeDiff, verb
             injected.append(statement)
             other.apply([make_diff("s1", {"b": b"2"}, create=True)])  # another connection
 
-    sa.event.listen(store.engine, "before_cursor_execute", interfere)
+    # On every Engine: the store's single statements use a pool of its own.
+    sa.event.listen(sa.Engine, "before_cursor_execute", interfere)
     try:
         [record] = store.apply([make_diff("s1", {"c": b"3"}, create=True)])
     finally:
-        sa.event.remove(store.engine, "before_cursor_execute", interfere)
+        sa.event.remove(sa.Engine, "before_cursor_execute", interfere)
     assert injected
     assert record is not None
     assert sorted(record.values) == (["a", "b", "c"] if verb == "UPDATE" else ["b", "c"])

@@ -1,10 +1,12 @@
 """The table of :class:`~wsgi_session.stores.SQLAlchemyStore` and what differs
-between databases: column types, insert-or-ignore, and which errors mean
-"unreachable" or "lost a race". Private to the SQL store."""
+between databases: column types, insert-or-ignore, the autocommit pool, and
+which errors mean "unreachable" or "lost a race". Private to the SQL store."""
 
 from __future__ import annotations
 
+import os
 import typing as t
+import weakref
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -70,6 +72,39 @@ def insert_ignoring_duplicates(table: sa.Table, dialect: str) -> Insert | None:
     if dialect in MYSQL:
         return sa.insert(table).prefix_with("IGNORE")
     return None
+
+
+#: The autocommit engines made by :func:`autocommit_engine`, so a forked child
+#: drops the connections it inherited instead of sharing them with its parent.
+_OWN_POOLS: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+
+def _drop_inherited_connections() -> None:
+    for engine in list(_OWN_POOLS):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_drop_inherited_connections)
+
+
+def autocommit_engine(engine: sa.Engine) -> tuple[sa.Engine, bool]:
+    """An engine for statements that need no transaction, and whether it is
+    a new one (whose pool the caller must dispose of).
+
+    Switching a pooled connection to autocommit and back costs a round trip
+    on PostgreSQL (psycopg2 sends ``SET default_transaction_isolation`` when
+    the connection is reset), so a single-statement read would cost two. For
+    a database server the answer is a second pool, configured as the
+    engine's (same URL, ``connect_args`` and connection events, same size),
+    whose connections are in autocommit for good: one statement, one round
+    trip. SQLite keeps one pool (a second one could open a second in-memory
+    database, and it has no round trips to save).
+    """
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(isolation_level="AUTOCOMMIT"), False
+    twin = sa.create_engine(engine.url, pool=engine.pool.recreate(), isolation_level="AUTOCOMMIT")
+    _OWN_POOLS.add(twin)
+    return twin, True
 
 
 def is_outage(exc: BaseException) -> bool:

@@ -16,20 +16,31 @@ and ``absolute`` (epoch seconds as double precision floats, which every
 supported database returns exactly; ``absolute`` may be NULL) and
 ``longterm``. ``expires`` and ``absolute`` are indexed for the purge.
 
-**Writes.** A batch of diffs is one transaction. For each diff the row is
-read, the diff merged with :func:`wsgi_session.record.apply_diff`, and the
-row written back only if nobody changed it meanwhile (``UPDATE ... WHERE
-version = :read``; a new session is inserted with the dialect's
-insert-or-ignore). When another writer got there first, the row is read
-again, locked (``SELECT ... FOR UPDATE``), and merged again, so concurrent
-requests that changed different keys both survive. The store runs its writes
+**Round trips.** Reads and most writes are one statement each, run in
+autocommit (on PostgreSQL and MySQL through a second pool of the engine's
+configuration whose connections stay in autocommit, see
+:func:`~wsgi_session.stores._sql_schema.autocommit_engine`): no ``BEGIN``,
+``COMMIT`` or isolation ``SET`` around them, so a read costs one query and a
+counter increment two. A write is one statement when the writer's snapshot
+is still what is stored (``UPDATE ... WHERE version = :snapshot``, merged in
+Python with :func:`wsgi_session.record.apply_diff`) or when it creates a
+session (the dialect's insert-or-ignore).
+
+**Writes that raced.** The other diffs of a batch (the row changed since the
+snapshot, or no snapshot) go through one transaction. For each the row is
+read, the diff merged, and the row written back only if nobody changed it
+meanwhile (``UPDATE ... WHERE version = :read``). When another writer got
+there first, the row is read again, locked (``SELECT ... FOR UPDATE``), and
+merged again, so concurrent requests that changed different keys both
+survive. The store runs its writes
 at ``READ COMMITTED`` (on PostgreSQL and MySQL, whatever the engine's
 default) so a read sees the latest commit; on SQLite a write transaction
 takes the database's write lock up front (``BEGIN IMMEDIATE``) and waits for
 it up to the driver's ``timeout``, so the race cannot happen there. A batch
 that the database aborts for a deadlock or a lock timeout is run again.
 On PostgreSQL (psycopg2) changes can be announced with ``NOTIFY`` in the
-writing transaction, for ``coherence="notify"``.
+writing transaction, for ``coherence="notify"``; every write of a store that
+announces goes through a transaction, so the announcement commits with it.
 """
 
 from __future__ import annotations
@@ -47,7 +58,15 @@ from sqlalchemy import exc as sa_exc
 from ..exceptions import StoreUnavailable
 from ..record import MOVED_KEY, SessionRecord, apply_diff
 from ._codec import make_record, unavailable_on, unpack_values
-from ._sql_schema import MYSQL, insert_ignoring_duplicates, is_conflict, is_outage, row_values, session_table
+from ._sql_schema import (
+    MYSQL,
+    autocommit_engine,
+    insert_ignoring_duplicates,
+    is_conflict,
+    is_outage,
+    row_values,
+    session_table,
+)
 from .base import Store
 
 if t.TYPE_CHECKING:
@@ -73,7 +92,10 @@ class SQLAlchemyStore(Store):
     """Sessions in a table of a SQL database.
 
     :param engine: a synchronous SQLAlchemy 2 :class:`~sqlalchemy.engine.Engine`.
-        The store borrows connections from its pool and never disposes of it.
+        The store borrows connections from its pool and never disposes of
+        it. On a database server the store also keeps a second pool like it
+        for its autocommit statements (so up to twice the engine's pool size
+        in connections); :meth:`close` disposes of that one.
     :param table_name: the table to use; created (with its indexes) if
         missing, on first use. Default ``"sessions"``.
 
@@ -88,9 +110,8 @@ class SQLAlchemyStore(Store):
         self.table = session_table(table_name, sa.MetaData())
         dialect = engine.dialect.name
         self._read_committed = dialect == "postgresql" or dialect in MYSQL
-        # Single-statement reads need no transaction: in autocommit there is
-        # no BEGIN/ROLLBACK pair around them, so a read is one round trip.
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Single statements need no transaction: see "Round trips" above.
+        self._single, self._owns_single = autocommit_engine(engine)
         self._begin_immediate = dialect == "sqlite" and engine.dialect.driver == "pysqlite"
         self._insert_new = insert_ignoring_duplicates(self.table, dialect)
         self._ready = False
@@ -123,14 +144,14 @@ class SQLAlchemyStore(Store):
 
     def load(self, session_id: str) -> SessionRecord | None:
         self._ensure_ready()
-        with self._errors(), self._reader.connect() as conn:
+        with self._errors(), self._single.connect() as conn:
             row = conn.execute(self._select_row(session_id)).first()
         return None if row is None else self._to_record(row)
 
     def version(self, session_id: str) -> int | None:
         self._ensure_ready()
         query = sa.select(self.table.c.version).where(self.table.c.id == session_id)
-        with self._errors(), self._reader.connect() as conn:
+        with self._errors(), self._single.connect() as conn:
             version: int | None = conn.execute(query).scalar()
         return version
 
@@ -143,6 +164,22 @@ class SQLAlchemyStore(Store):
         # their order).
         order = sorted(range(len(diffs)), key=lambda index: diffs[index].id)
         results: list[SessionRecord | None] = [None] * len(diffs)
+        if self._origin is None:  # announcing stores write in a transaction
+            deferred: list[int] = []
+            deferred_ids: set[str] = set()
+            with self._errors(), self._single.connect() as conn:
+                for index in order:
+                    diff = diffs[index]
+                    # Once one diff of a session waits for the transaction, so
+                    # do its later ones: a session's diffs land in order.
+                    if diff.id in deferred_ids or (written := self._write_alone(conn, diff)) is None:
+                        deferred.append(index)
+                        deferred_ids.add(diff.id)
+                    else:
+                        results[index] = written
+            order = deferred
+            if not order:
+                return results
         attempt = 1
         with self._errors():
             while True:
@@ -158,24 +195,46 @@ class SQLAlchemyStore(Store):
                     log.info("session batch hit a deadlock or lock timeout; retrying: %s", exc.orig)
                     attempt += 1
 
+    def _write_alone(self, conn: Connection, diff: SessionDiff) -> SessionRecord | None:
+        """Write ``diff`` with a single statement where one is enough; the
+        new record, or ``None`` when it needs :meth:`_apply_one`.
+
+        Two cases: the writer's snapshot (``diff.base``) is still what is
+        stored — one ``UPDATE`` guarded by its version writes the merge, no
+        ``SELECT`` — or the diff creates a session that does not exist yet
+        (the dialect's insert-or-ignore)."""
+        base = diff.base
+        if base is not None:
+            if base.id != diff.id or diff.create or MOVED_KEY in base.values:
+                return None
+            merged = apply_diff(base, diff)
+            if merged is None or merged is base or not self._update(conn, merged, base.version):
+                return None
+            return merged
+        if diff.create and self._insert_new is not None:
+            record = apply_diff(None, diff)
+            if record is not None and conn.execute(self._insert_new, _insert_row(record)).rowcount == 1:
+                return record
+        return None
+
+    def _update(self, conn: Connection, record: SessionRecord, expected_version: int) -> bool:
+        """Write ``record`` over its row if the row is still at ``expected_version``."""
+        table = self.table
+        update = (
+            sa.update(table)
+            .where(table.c.id == record.id, table.c.version == expected_version)
+            .values(row_values(record))
+        )
+        return bool(conn.execute(update).rowcount == 1)
+
     def _apply_one(self, conn: Connection, diff: SessionDiff) -> SessionRecord | None:
         """Merge one diff into its row, again and again while other writers
         win the race. A retry re-reads with ``FOR UPDATE`` (where the database
         has it): it sees the latest commit and holds the row until the write."""
-        table = self.table
-        base = diff.base
-        if base is not None and base.id == diff.id and not diff.create and MOVED_KEY not in base.values:
-            # The writer's validated copy: if it is still what is stored, one
-            # UPDATE guarded by its version writes the merge (no SELECT).
-            merged = apply_diff(base, diff)
-            if merged is not None and merged is not base:
-                update = (
-                    sa.update(table)
-                    .where(table.c.id == diff.id, table.c.version == base.version)
-                    .values(row_values(merged))
-                )
-                if conn.execute(update).rowcount == 1:
-                    return merged
+        if self._origin is not None:  # not tried in autocommit
+            written = self._write_alone(conn, diff)
+            if written is not None:
+                return written
         for attempt in range(_RACE_ATTEMPTS):
             query = self._select_row(diff.id)
             row = conn.execute(query.with_for_update() if attempt else query).first()
@@ -186,20 +245,14 @@ class SQLAlchemyStore(Store):
             if current is None:
                 if self._insert(conn, merged):
                     return merged
-            else:
-                update = (
-                    sa.update(table)
-                    .where(table.c.id == diff.id, table.c.version == current.version)
-                    .values(row_values(merged))
-                )
-                if conn.execute(update).rowcount == 1:
-                    return merged
+            elif self._update(conn, merged, current.version):
+                return merged
             log.debug("another process wrote this session first; merging again")
         raise StoreUnavailable(f"a session was written concurrently {_RACE_ATTEMPTS} times in a row")
 
     def _insert(self, conn: Connection, record: SessionRecord) -> bool:
         """Insert a new row; ``False`` if a concurrent writer inserted it first."""
-        row = {"id": record.id, "created": record.created, **row_values(record)}
+        row = _insert_row(record)
         if self._insert_new is not None:
             return conn.execute(self._insert_new, row).rowcount == 1
         try:  # any other database: a savepoint absorbs the duplicate key
@@ -241,6 +294,11 @@ class SQLAlchemyStore(Store):
             while chunk := list(itertools.islice(ids, _CHUNK)):
                 conn.execute(sa.delete(self.table).where(self.table.c.id.in_(chunk)))
                 self._announce(conn, chunk)
+
+    def close(self) -> None:
+        """Dispose of the store's own autocommit pool (not of the engine's)."""
+        if self._owns_single:
+            self._single.dispose()
 
     def count(self) -> int:
         self._ensure_ready()
@@ -336,3 +394,7 @@ class SQLAlchemyStore(Store):
                                 on_message(origin, session_id)
             finally:
                 raw.close()
+
+
+def _insert_row(record: SessionRecord) -> dict[str, t.Any]:
+    return {"id": record.id, "created": record.created, **row_values(record)}

@@ -1,0 +1,123 @@
+"""Round trips per request through the real middleware, counted on the wire.
+
+The promise of issue 4, default (strict) mode: on PostgreSQL a returning
+visitor's read-only request is one query and a counter increment two (no
+``BEGIN``/``COMMIT``/``SET`` around them); on Redis a read is one round trip
+and an increment two. PostgreSQL queries are counted by the benchmark
+suite's wire-protocol proxy (:class:`benchmarks.counting.PostgresQueryCounter`),
+which sees what psycopg2 sends behind SQLAlchemy's back too; Redis round trips
+by a connection class that counts each send (a pipeline is one).
+"""
+
+from __future__ import annotations
+
+import typing as t
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from services import POSTGRES_URL, REDIS_URL, port_open, require
+
+from benchmarks.counting import Counter, PostgresQueryCounter, counting_redis
+from wsgi_session import SessionConfig, SessionMiddleware
+from wsgi_session.stores import RedisStore, SQLAlchemyStore
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from wsgi_session.stores.base import Store
+
+SECRET = "round-trips-" + "k" * 32
+
+
+def counter_app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+    """``/inc`` adds one to ``n``; ``/read`` reads ``n`` and ``blob``."""
+    session = environ["session"]
+    if environ["PATH_INFO"] == "/inc":
+        session["n"] = session.get("n", 0) + 1
+    body = b"n=%d;%d" % (session.get("n", 0), len(session.get("blob", "")))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+
+class Client:
+    """Calls the middleware in process, keeping the session cookie."""
+
+    def __init__(self, app: SessionMiddleware) -> None:
+        self.app = app
+        self.cookie = ""
+
+    def get(self, path: str) -> bytes:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.url_scheme": "http"}
+        if self.cookie:
+            environ["HTTP_COOKIE"] = self.cookie
+        headers: list[tuple[str, str]] = []
+
+        def start_response(
+            status: str, response_headers: list[tuple[str, str]], exc_info: t.Any = None
+        ) -> t.Any:
+            assert status.startswith("200"), status
+            headers.extend(response_headers)
+
+        body = b"".join(self.app(environ, start_response))
+        for name, value in headers:
+            if name == "Set-Cookie":
+                self.cookie = value.split(";", 1)[0]
+        return body
+
+
+def per_request(counter: Counter, client: Client, path: str, requests: int = 5) -> float:
+    before = counter.value
+    for _ in range(requests):
+        client.get(path)
+    return (counter.value - before) / requests
+
+
+def measured(store: Store, counter: Counter) -> dict[str, float]:
+    """Round trips of a new visitor, then per increment and per read."""
+    with SessionMiddleware(counter_app, SessionConfig(secret_keys=[SECRET]), store) as app:
+        Client(app).get("/inc")  # warm-up: connections, table check, script load
+        client = Client(app)
+        before = counter.value
+        client.get("/inc")
+        counts: dict[str, float] = {"new visitor": counter.value - before}
+        assert client.cookie
+        counts["increment"] = per_request(counter, client, "/inc")
+        counts["read"] = per_request(counter, client, "/read")
+        assert client.get("/read").startswith(b"n=6;")  # every increment was kept
+    return counts
+
+
+@pytest.mark.postgres
+def test_postgresql_read_is_one_query_and_increment_two() -> None:
+    url = sa.engine.make_url(POSTGRES_URL)
+    require("PostgreSQL", port_open(url.port or 5432, url.host or "127.0.0.1"), POSTGRES_URL)
+    table = f"sessions_rt_{uuid.uuid4().hex[:8]}"
+    with PostgresQueryCounter.running(POSTGRES_URL) as proxy:
+        engine = sa.create_engine(proxy.url_for(POSTGRES_URL))
+        try:
+            store = SQLAlchemyStore(engine, table)
+            store.setup()
+            counts = measured(store, proxy.queries)
+            assert counts == {"new visitor": 1, "increment": 2, "read": 1}
+        finally:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
+            engine.dispose()
+
+
+@pytest.mark.redis
+def test_redis_read_is_one_round_trip_and_increment_two() -> None:
+    url = REDIS_URL.split("//", 1)[1].split("/", 1)[0]
+    host, _, port = url.rpartition(":")
+    require("Redis", port_open(int(port or 6379), host or "127.0.0.1"), REDIS_URL)
+    sends = Counter()
+    client = counting_redis(REDIS_URL, sends)
+    prefix = f"rt-{uuid.uuid4().hex[:8]}:"
+    try:
+        counts = measured(RedisStore(client, prefix=prefix), sends)
+        assert counts == {"new visitor": 1, "increment": 2, "read": 1}
+    finally:
+        for key in client.scan_iter(prefix + "*"):
+            client.delete(key)
+        client.close()
