@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from core_testkit import (
     OLD_SECRET,
     OTHER_SECRET,
@@ -20,7 +24,7 @@ from core_testkit import (
 
 from wsgi_session import BadSignature, BadToken, MalformedToken
 from wsgi_session.config import MAX_TOKEN_BYTES
-from wsgi_session.signing import ClientBinding, Token, TokenSigner, is_valid_id
+from wsgi_session.signing import ClientBinding, Token, TokenSigner, _HmacSha256, is_valid_id
 from wsgi_session.stores import MemoryStore
 
 SESSION_ID = "A" * 16 + "b" * 16
@@ -36,6 +40,28 @@ def make_token(*secrets, session_id=SESSION_ID, consent=False, issued=1_800_000_
 
 
 # -- shape ------------------------------------------------------------------------
+
+
+@given(key=st.binary(max_size=200), message=st.binary(max_size=300))
+def test_precomputed_hmac_is_hmac_sha256(key, message):
+    # Keys shorter than, equal to and longer than SHA-256's 64-byte block.
+    assert _HmacSha256(key).digest(message) == hmac.digest(key, message, hashlib.sha256)
+
+
+def test_tokens_carry_the_signature_itsdangerous_makes():
+    from itsdangerous import Signer
+
+    from wsgi_session.signing import _SIGN_PURPOSE, derive_key
+
+    token = make_token(binding="10.0.0.1")
+    body, _, signature = token.rpartition(".")
+    reference = Signer(
+        derive_key(SECRET.encode(), _SIGN_PURPOSE),
+        salt=b"wsgi_session.token",
+        key_derivation="none",
+        digest_method=hashlib.sha256,
+    )
+    assert reference.get_signature(f"{body}\x1f10.0.0.1").decode() == signature
 
 
 def test_token_shape_and_contents():

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
+import os
 import threading
 import typing as t
+from base64 import urlsafe_b64encode
 
 from ._logging import RateLimitedLog
 from .advanced import Advanced
@@ -388,4 +389,6 @@ def _sealed(store: Store, config: SessionConfig) -> Store:
 
 
 def _default_id() -> str:
-    return secrets.token_urlsafe(24)
+    """192 bits from the OS's CSPRNG as 32 URL-safe characters: what
+    ``secrets.token_urlsafe(24)`` gives, with two fewer Python calls."""
+    return urlsafe_b64encode(os.urandom(24)).decode("ascii")

@@ -267,13 +267,12 @@ class _Exchange:
         (nothing has been sent, so the caller can answer 503)."""
         if self.server_write is not None:
             return True
-        try:
-            self.middleware.finish(
-                self.session, self.headers, late=False, status=self.status or "", final=self.final
-            )
-        except StoreUnavailable:
-            log.warning("session store unavailable; answering 503", exc_info=True)
-            return False
+        if self.session._loaded:  # a request that never used its session has nothing to do
+            try:
+                self.middleware.finish(self.session, self.headers, False, self.status or "", self.final)
+            except StoreUnavailable:
+                log.warning("session store unavailable; answering 503", exc_info=True)
+                return False
         self.committed = True
         assert self.status is not None
         self.server_write = self.server_start(self.status, self.headers, self.exc_info)

@@ -89,7 +89,12 @@ class Finisher:
             and not (changes or session._renew or session._meta_changed or session._force)
             and not (self._always_save or session._destroyed)
             and now - record.expires + m.lifetime(record.longterm) < self._touch
-            and (late or not self._refresh_due(session, record, now))
+            # Only a persistent cookie is ever refreshed.
+            and (
+                late
+                or not (record.longterm or self._cookie_persistent)
+                or not self._refresh_due(session, record, now)
+            )
         ):
             return NOTHING  # the read-only request: nothing to write or send
         out = Outcome()

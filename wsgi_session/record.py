@@ -138,6 +138,7 @@ def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord
         )
     if MOVED_KEY in record.values:
         return record
+    memo: dict[str, t.Any] = {}
     if diff.clear:
         values = dict(diff.set)
     else:
@@ -148,6 +149,11 @@ def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord
         for key in diff.delete:
             values.pop(key, None)
         values.update(diff.set)
+        if record.memo and not diff.defaults:
+            # What was decoded from values that did not change stays decoded.
+            memo = {key: value for key, value in record.memo.items() if key not in diff.set}
+            for key in diff.delete:
+                memo.pop(key, None)
     return SessionRecord(
         id=record.id,
         values=values,
@@ -156,6 +162,7 @@ def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord
         absolute=record.absolute if record.absolute is not None else diff.absolute,
         longterm=diff.longterm,
         version=record.version + 1,
+        memo=memo,
     )
 
 

@@ -35,6 +35,7 @@ if t.TYPE_CHECKING:
     from .signing import Token
 
 _EMPTY: t.Mapping[str, bytes] = {}
+_MISSING: t.Any = object()
 
 
 class Changes(t.NamedTuple):
@@ -150,16 +151,24 @@ class Session(MutableMapping[str, t.Any]):
     # -- the mapping -------------------------------------------------------
 
     def __getitem__(self, key: str) -> t.Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        """``session[key]`` if present, else ``default`` (the mapping's ``get``,
+        written out because it is the most common call a view makes)."""
         if not self._loaded:
             self._load()
         decoded = self._decoded
         if key in decoded:
             return decoded[key]
         if self._cleared or key in self._deleted:
-            raise KeyError(key)
+            return default
         raw = self._values.get(key)
         if raw is None or key == MOVED_KEY:
-            raise KeyError(key)
+            return default
         memo = self._memo
         if key in memo:
             return memo[key]

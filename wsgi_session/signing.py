@@ -22,13 +22,13 @@ computed once per process, not once per request.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
 import typing as t
 
 from itsdangerous import Signer
-from itsdangerous.encoding import base64_encode
 from itsdangerous.exc import BadSignature as _ItsBadSignature
 
 from .config import MAX_TOKEN_BYTES
@@ -67,6 +67,35 @@ def is_valid_id(session_id: str) -> bool:
 def derive_key(secret: bytes, purpose: bytes) -> bytes:
     """A 32-byte key for one ``purpose``, derived from a configured secret."""
     return hmac.digest(secret, purpose, hashlib.sha256)
+
+
+class _HmacSha256:
+    """HMAC-SHA256 under one fixed key, for signing many short messages.
+
+    HMAC (RFC 2104) is ``H((K ^ opad) || H((K ^ ipad) || message))``. Both
+    padded keys fill exactly one SHA-256 block, so the hash states after them
+    are computed here once; a signature then costs two cheap state copies
+    instead of a full HMAC set-up (``hmac.digest`` builds both states again
+    on every call, about three times the cost). The result is byte for byte
+    :func:`hmac.digest` (the tests check it).
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        block = hashlib.sha256().block_size
+        if len(key) > block:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 class ClientBinding:
@@ -112,16 +141,16 @@ class TokenSigner:
             digest_method=hashlib.sha256,
         )
         self._verified: dict[tuple[str, str], Token] = {}
-        # Signing happens once per new or renewed session; the one-shot C
-        # ``hmac.digest`` gives itsdangerous's signature at a fraction of the
-        # cost of its per-call HMAC object (tests check they are equal).
-        self._newest_key = derived[0]
+        # Signing happens once per new or renewed session: a precomputed HMAC
+        # gives itsdangerous's signature at a fraction of the cost of its
+        # per-call HMAC object (tests check they are equal).
+        self._sign = _HmacSha256(derived[0]).digest
 
     def dumps(self, token: Token, binding: str = "") -> str:
         """The signed token string for ``token`` (signed with the newest key)."""
         body = f"{token.id}.{'1' if token.consent else '0'}.{token.issued:x}"
-        digest = hmac.digest(self._newest_key, f"{body}\x1f{binding}".encode(), "sha256")
-        return f"{body}.{base64_encode(digest).decode('ascii')}"
+        digest = self._sign(f"{body}\x1f{binding}".encode())
+        return f"{body}.{base64.urlsafe_b64encode(digest).rstrip(b'=').decode('ascii')}"
 
     def loads(self, value: str, binding: str = "") -> Token:
         """Verify ``value`` and return its contents.

@@ -35,8 +35,9 @@ def _lua(name: bytes) -> str:
 # on ('' = none) and the message, the version the writer's copy has ('' =
 # none), then the defaults (field, value), the deleted fields and the set
 # (field, value) pairs. When the stored version equals the writer's, the
-# writer can merge its copy itself: the script answers just the new version
-# instead of the whole hash.
+# writer can merge its copy itself, and when the diff created the hash the
+# writer has all of it: then the script answers just the new version instead
+# of the whole hash.
 MERGE_SCRIPT = """
 local key = KEYS[1]
 local create, clear = ARGV[1] == '1', ARGV[2] == '1'
@@ -81,7 +82,7 @@ redis.call('HSET', key, {V}, version, {C}, created, {E}, expires, {A}, absolute,
 local deadline = tonumber(expires)
 if absolute ~= '' and tonumber(absolute) < deadline then deadline = tonumber(absolute) end
 local result = version
-if not same then result = redis.call('HGETALL', key) end
+if existed and not same then result = redis.call('HGETALL', key) end
 redis.call('PEXPIREAT', key, string.format('%.0f', math.ceil(deadline * 1000)))
 if ARGV[9] ~= '' then redis.call('PUBLISH', ARGV[9], ARGV[10]) end
 return result

@@ -297,13 +297,15 @@ def _reply_to_record(diff: SessionDiff, reply: t.Any) -> SessionRecord | None:
     """The record a merge script returned (``None`` for a dropped diff); a
     reply that is an error is raised as what it means to the middleware.
 
-    A bare version number means the store held exactly the writer's copy
-    (``diff.base``): the result is that copy with the diff merged in, which
-    is what the script wrote, without shipping the hash back."""
+    A bare version number means the writer knows the result without the
+    hash being shipped back: version 1, the diff created the session (the
+    record is the diff alone); a later one, the store held exactly the
+    writer's copy (``diff.base``), and the result is that copy with the diff
+    merged in."""
     if reply is None:
         return None
-    if isinstance(reply, int) and diff.base is not None:
-        merged = apply_diff(diff.base, diff)
+    if isinstance(reply, int):
+        merged = apply_diff(None if reply == 1 else diff.base, diff) if reply == 1 or diff.base else None
         if merged is not None and merged.version == reply:
             return merged
         raise BadStoredData("the merge script's version does not follow the writer's copy")
