@@ -7,8 +7,6 @@ import hmac
 import re
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from core_testkit import (
     OLD_SECRET,
     OTHER_SECRET,
@@ -21,6 +19,8 @@ from core_testkit import (
     token_of,
     view_app,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wsgi_session import BadSignature, BadToken, MalformedToken
 from wsgi_session.config import MAX_TOKEN_BYTES
