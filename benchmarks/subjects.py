@@ -300,6 +300,8 @@ def all_subjects() -> list[Subject]:
         ours("memory", flask=True),
         ours("redis", flask=True, gunicorn=True),
         ours("postgresql", flask=True, gunicorn=True),
+        ours("redis", "background", flask=True, gunicorn=True),
+        ours("postgresql", "background", flask=True, gunicorn=True),
     ]
     subjects += peers.flask_peers()
     subjects += [

@@ -217,6 +217,17 @@ def _gunicorn(results: Results) -> list[Check]:
                     2,
                 )
             )
+            # The same in the relaxed write mode (the response does not wait
+            # for the store): exact within one process, stale across several.
+            relaxed = ours[:-1] + ", background]"
+            ratio = _ratio(
+                f"{server}: {label}, ours in background mode",
+                load(results, relaxed, "increment", server),
+                load(results, theirs, "increment", server),
+                2,
+            )
+            if ratio.met is not None:
+                checks.append(ratio)
     return checks
 
 
