@@ -114,7 +114,13 @@ def _make_store(
     url = namespace.postgres_url if store == "postgresql" else namespace.sqlite_url(slug)
     engine = sa.create_engine(url, pool_size=8) if store == "postgresql" else sa.create_engine(url)
     count_sql(engine, counters)
-    return SQLAlchemyStore(engine, table_name=namespace.table(slug)), engine
+    store = SQLAlchemyStore(engine, table_name=namespace.table(slug))
+    # The store's autocommit statements run on a pool (and Engine) of its
+    # own on a database server: count those too.
+    single = store._single
+    if single.pool is not engine.pool:
+        count_sql(single, counters)
+    return store, engine
 
 
 def _cleanup_store(store: str, slug: str) -> t.Callable[[Namespace], None]:
