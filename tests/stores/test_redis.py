@@ -3,6 +3,7 @@ hashes, Cluster and Sentinel specifics, and an outage of a real server."""
 
 from __future__ import annotations
 
+import dataclasses
 import typing as t
 import uuid
 
@@ -15,6 +16,7 @@ from services import RedisServer
 
 from wsgi_session.exceptions import BadStoredData, StoreUnavailable
 from wsgi_session.stores import RedisStore
+from wsgi_session.stores._redis_layout import _base_version
 
 if t.TYPE_CHECKING:
     from pathlib import Path
@@ -70,6 +72,23 @@ def test_key_ttl_is_the_remaining_lifetime(backend: Backend, make_diff: MakeDiff
     assert client.pttl(key) == pytest.approx(20_000, abs=1500)
     store.apply([make_diff("s1", {}, ttl=100)])
     assert client.pttl(key) == pytest.approx(40_000, abs=1500)
+    # The same through the script's fast path (the writer holds the stored
+    # version): the deadline is still the earlier one, and the row complete.
+    current = store.load("s1")
+    assert current is not None
+    assert current.absolute is not None
+    for ttl, expected in ((10, 10_000), (100, 40_000)):
+        diff = dataclasses.replace(
+            make_diff("s1", {"k": b"w"}, ttl=ttl), absolute=current.absolute, base=current
+        )
+        assert _base_version(diff) == str(current.version).encode()  # the fast path is taken
+        written = store.apply([diff])[0]
+        assert written == store.load("s1")
+        assert written is not None
+        assert written.version == current.version + 1
+        assert client.pttl(key) == pytest.approx(expected, abs=1500)
+        current = written
+    assert client.hget(key, b"\0a") == repr(current.absolute).encode()
 
 
 @redis_kinds

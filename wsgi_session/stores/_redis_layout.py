@@ -45,6 +45,22 @@ local expires, absolute, longterm, created = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local ndefaults, ndelete = tonumber(ARGV[7]), tonumber(ARGV[8])
 local version = 1
 local same = false
+-- The common write: the hash is still the writer's copy (same version, its
+-- metadata intact), so it needs no reply: write the changes in one HSET.
+if ARGV[11] ~= '' and not clear and ndefaults == 0 and #ARGV < 4000 then
+  local meta = redis.call('HMGET', key, {V}, {C}, {A})
+  if meta[1] == ARGV[11] and meta[2] and tonumber(meta[2])
+      and (not meta[3] or meta[3] == '' or tonumber(meta[3])) then
+    version = tonumber(meta[1]) + 1
+    if ndelete > 0 then redis.call('HDEL', key, unpack(ARGV, 12, 11 + ndelete)) end
+    redis.call('HSET', key, {V}, version, {E}, expires, {L}, longterm, unpack(ARGV, 12 + ndelete))
+    local deadline = tonumber(expires)
+    if absolute ~= '' and tonumber(absolute) < deadline then deadline = tonumber(absolute) end
+    redis.call('PEXPIREAT', key, string.format('%.0f', math.ceil(deadline * 1000)))
+    if ARGV[9] ~= '' then redis.call('PUBLISH', ARGV[9], ARGV[10]) end
+    return version
+  end
+end
 local existed = redis.call('EXISTS', key) == 1
 if existed then
   if redis.call('HEXISTS', key, {MOVED}) == 1 then
@@ -124,9 +140,16 @@ def script_args(diff: SessionDiff, announce: tuple[bytes, bytes] | None) -> list
 
 
 def _base_version(diff: SessionDiff) -> bytes:
-    """The version of the writer's copy, if it can merge the diff into it."""
+    """The version of the writer's copy, if it can merge the diff into it
+    (its absolute deadline is the diff's, as the script's fast path assumes)."""
     base = diff.base
-    if base is None or base.id != diff.id or diff.create or MOVED_KEY in base.values:
+    if (
+        base is None
+        or base.id != diff.id
+        or diff.create
+        or MOVED_KEY in base.values
+        or base.absolute != diff.absolute
+    ):
         return b""
     return str(base.version).encode()
 
