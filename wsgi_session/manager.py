@@ -52,12 +52,12 @@ _MAX_ID_ATTEMPTS = 16
 _DECODED = "\x00decoded"
 
 
-class Found(t.NamedTuple):
-    """The result of resolving a request's token."""
-
-    presented: bool
-    token: Token | None
-    record: SessionRecord | None
+#: The result of resolving a request's token: whether the request presented
+#: one, the verified token and the live record (a plain tuple: one is built
+#: for every request that uses its session).
+Found = tuple[bool, "Token | None", "SessionRecord | None"]
+_NOT_PRESENTED: Found = (False, None, None)
+_NOT_FOUND: Found = (True, None, None)
 
 
 @dataclasses.dataclass
@@ -166,7 +166,7 @@ class SessionManager:
         """Find the session a request presents, if any is alive."""
         candidates = self.transport.read(environ)
         if not candidates:
-            return Found(False, None, None)
+            return _NOT_PRESENTED
         binding = self.binding.fingerprint(environ)
         for value in candidates:
             try:
@@ -181,9 +181,9 @@ class SessionManager:
                 continue
             record = self.load(token.id)
             if record is not None:
-                return Found(True, token, record)
+                return (True, token, record)
             self.stats.bump("unknown_ids")
-        return Found(True, None, None)
+        return _NOT_FOUND
 
     def load(self, session_id: str) -> SessionRecord | None:
         """The live record for ``session_id``: ``None`` if unknown, expired or

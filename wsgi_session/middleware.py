@@ -340,7 +340,7 @@ def _add_vary(headers: list[tuple[str, str]], name: str) -> None:
     """Add ``name`` to the ``Vary`` header (merging, never duplicating)."""
     lowered = name.lower()
     for index, (key, value) in enumerate(headers):
-        if key.lower() == "vary":
+        if len(key) == 4 and key.lower() == "vary":
             tokens = {part.strip().lower() for part in value.split(",")}
             if "*" not in tokens and lowered not in tokens:
                 headers[index] = (key, f"{value}, {name}")

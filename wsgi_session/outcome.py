@@ -22,6 +22,7 @@ import logging
 import typing as t
 
 from .record import SessionDiff
+from .session import _NO_CHANGES
 from .signing import Token
 
 if t.TYPE_CHECKING:
@@ -70,6 +71,8 @@ class Finisher:
         self._absolute = config.absolute_lifetime.total_seconds() if config.absolute_lifetime else None
         self._touch = config.touch_interval.total_seconds()
         self._cookie_persistent = config.cookie_persistent
+        self._lifetime = config.lifetime.total_seconds()
+        self._longterm_lifetime = config.longterm_lifetime.total_seconds()
         self._always_save = config.always_save
 
     def finish(self, session: Session, late: bool = False) -> Outcome | None:
@@ -83,12 +86,15 @@ class Finisher:
         m = self._manager
         now = m.clock()
         record = session._record
-        changes = session._changes()
+        # Only read immutable values, or nothing: no encoding to compare.
+        untouched = not (session._decoded or session._deleted or session._cleared)
+        changes = _NO_CHANGES if untouched else session._changes()
         if (
             record is not None
             and not (changes or session._renew or session._meta_changed or session._force)
             and not (self._always_save or session._destroyed)
-            and now - record.expires + m.lifetime(record.longterm) < self._touch
+            and now - record.expires + (self._longterm_lifetime if record.longterm else self._lifetime)
+            < self._touch
             # Only a persistent cookie is ever refreshed.
             and (
                 late

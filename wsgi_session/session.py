@@ -124,11 +124,13 @@ class Session(MutableMapping[str, t.Any]):
                 raise
             self._unsaved = True
         else:
-            self._presented = found.presented
-            self._rejected = found.presented and found.record is None
-            if found.record is not None:
-                self._adopt(found.record)
-                self._token = found.token
+            presented, token, record = found
+            self._presented = presented
+            if record is not None:
+                self._adopt(record)
+                self._token = token
+            else:
+                self._rejected = presented
         self._consent = bool(self._token and self._token.consent)
 
     def _adopt(self, record: SessionRecord) -> None:
