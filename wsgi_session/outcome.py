@@ -113,7 +113,7 @@ class Finisher:
         longterm = session._longterm
         # Opt-in mode: without consent the session stays in process memory.
         local = self._opt_in and not session._consent
-        expires = now + m.lifetime(longterm)
+        expires = now + (self._longterm_lifetime if longterm else self._lifetime)
         if record is None:
             wanted = bool(changes.set) or session._created or (session._consent and session._meta_changed)
             if not wanted:
@@ -164,18 +164,15 @@ class Finisher:
             m.stats.bump("renewed")
             self._issue(out, session, new_id, longterm, record.absolute, now)
             return out
-        last_touch = record.expires - m.lifetime(record.longterm)
         if changes or session._meta_changed or session._force or self._always_save:
             out.diffs.append(diff)
-        elif now - last_touch >= self._touch:
+        elif now - (record.expires - m.lifetime(record.longterm)) >= self._touch:  # since the last write
             out.diffs.append(diff)
             m.stats.bump("touches")
         if late:
             return out
-        max_age = self._max_age(session._consent, longterm, record.absolute, now)
-        token = session._token
         if session._meta_changed or (
-            max_age is not None and token is not None and now - token.issued > max_age / 2
+            (longterm or self._cookie_persistent) and self._refresh_due(session, record, now)
         ):
             self._issue(out, session, record.id, longterm, record.absolute, now)
         return out
