@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import pickle
 import uuid
 from collections import OrderedDict, defaultdict
@@ -386,3 +387,19 @@ def test_no_module_of_the_package_imports_pickle():
             else:
                 continue
             assert not names & forbidden, f"{path} imports {names & forbidden}"
+
+
+@given(
+    st.one_of(
+        st.text(),
+        st.text(alphabet=st.characters(max_codepoint=127), min_size=60, max_size=300),
+        st.text(alphabet='ab"\\\x00\x1f\x7f ', min_size=60, max_size=120),
+        st.text(alphabet="ab ~\x7f", min_size=65, max_size=120),  # nothing to escape
+    )
+)
+def test_strings_encode_as_the_json_encoder_writes_them(text):
+    """Long ASCII strings take a shortcut when nothing needs escaping; the
+    bytes are the JSON encoder's, escaped or not."""
+    expected = json.dumps(text, ensure_ascii=False, separators=(",", ":")).encode()
+    assert S.dumps(text) == expected
+    assert S.loads(expected) == text
