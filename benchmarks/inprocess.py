@@ -176,22 +176,26 @@ def count_postgres_round_trips(results: list[Measurement], namespace: Namespace,
     workloads = list({m.workload.name: m.workload for m in measured.values()}.values())
     with PostgresQueryCounter.running(namespace.postgres_url) as proxy:
         proxied = namespace.via(proxy.url_for(namespace.postgres_url)).child("count")
-        cases, _ = build_cases(proxied, subjects, workloads)
-        try:
-            for case in cases:
-                if case.workload.creates:
-                    case.target.clear()
-                else:
-                    run_batch(case.target.app, case.environ, 3)
-                case.target.settle()
-                before = proxy.queries.value
-                run_batch(case.target.app, case.environ, requests)
-                case.target.settle()  # background writes belong to these requests
-                found = measured.get((case.subject.name, case.workload.name))
-                if found is not None:
-                    found.round_trips["sql_round_trips"] = (proxy.queries.value - before) / requests
-        finally:
-            close_cases(cases)
+        # One subject at a time: the proxy counts every query it forwards, so
+        # no other subject's background threads (flushes, bloom rebuilds) may
+        # be alive while a case is counted.
+        for subject in subjects:
+            cases, _ = build_cases(proxied, [subject], workloads)
+            try:
+                for case in cases:
+                    if case.workload.creates:
+                        case.target.clear()
+                    else:
+                        run_batch(case.target.app, case.environ, 3)
+                    case.target.settle()
+                    before = proxy.queries.value
+                    run_batch(case.target.app, case.environ, requests)
+                    case.target.settle()  # background writes belong to these requests
+                    found = measured.get((case.subject.name, case.workload.name))
+                    if found is not None:
+                        found.round_trips["sql_round_trips"] = (proxy.queries.value - before) / requests
+            finally:
+                close_cases(cases)
 
 
 def profile(cases: list[Case], run_time: float, top: int) -> None:
