@@ -163,7 +163,12 @@ class SealedStore(Store):
 
     def _seal(self, diff: SessionDiff) -> SessionDiff:
         defaults = diff.defaults and self._seal_values(diff.id, diff.defaults)
-        return dataclasses.replace(diff, set=self._seal_values(diff.id, diff.set), defaults=defaults)
+        # The writer's snapshot (``base``) holds opened values: merged in by the
+        # inner store it would write them in plaintext. Without it the inner
+        # store merges into the sealed row as stored (one read more).
+        return dataclasses.replace(
+            diff, set=self._seal_values(diff.id, diff.set), defaults=defaults, base=None
+        )
 
     def _seal_values(self, session_id: str, values: t.Mapping[str, bytes]) -> dict[str, bytes]:
         seal = self.sealer.seal

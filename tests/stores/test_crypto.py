@@ -89,6 +89,27 @@ def test_no_plaintext_at_rest(backend: Backend, make_diff: MakeDiff) -> None:
     assert dict(record.values) == {"card": SECRET, "again": SECRET, "default": SECRET}
 
 
+def test_a_write_with_the_writers_snapshot_stays_sealed(backend: Backend, make_diff: MakeDiff) -> None:
+    """The middleware hands the store the request's snapshot (``diff.base``,
+    plaintext as the SealedStore opened it) as a write hint: the write must
+    neither store that plaintext nor fail to open what it wrote."""
+    store = SealedStore(backend.store, Sealer([NEW_KEY]))
+    store.apply([make_diff("s1", {"card": SECRET, "n": b"1"}, create=True)])
+    for n in (b"2", b"3"):
+        snapshot = store.load("s1")
+        assert snapshot is not None
+        diff = make_diff("s1", {"n": n})
+        diff.base = snapshot
+        [written] = store.apply([diff])
+        assert written is not None
+        assert dict(written.values) == {"card": SECRET, "n": n}
+        assert SECRET not in backend.raw.dump("s1")
+        assert b"4111" not in backend.raw.dump("s1")
+    record = store.load("s1")
+    assert record is not None
+    assert dict(record.values) == {"card": SECRET, "n": b"3"}
+
+
 def test_values_moved_between_sessions_or_keys_do_not_open(backend: Backend, make_diff: MakeDiff) -> None:
     raw = backend.raw
     store = SealedStore(backend.store, Sealer([NEW_KEY]))
