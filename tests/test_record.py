@@ -56,3 +56,38 @@ def test_unchanged_values_stay_decoded_across_a_write():
     assert merged is not None
     assert merged.memo == {"tag": "x"}
     assert merged.version == 2
+
+
+def test_memo_carry_over_while_other_threads_add_to_the_memo():
+    """Requests reading a cached record add decoded values to its memo from
+    other threads while a writer merges into it: the merge never trips over
+    the memo changing size under it."""
+    import sys
+    import threading
+
+    record = SessionRecord(
+        "s" * 16, {f"k{i}": b"1" for i in range(50)}, 0.0, 100.0, memo={f"k{i}": 1 for i in range(50)}
+    )
+    diff = SessionDiff(record.id, {"k0": b"2"}, frozenset(), False, 200.0, None, False, 0.0)
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            for i in range(50, 60):
+                record.memo[f"x{i}"] = i
+            for i in range(50, 60):
+                record.memo.pop(f"x{i}", None)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(20_000):
+            merged = apply_diff(record, diff)
+            assert merged is not None
+            assert "k0" not in merged.memo
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)

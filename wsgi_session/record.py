@@ -151,7 +151,11 @@ def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord
         values.update(diff.set)
         if record.memo and not diff.defaults:
             # What was decoded from values that did not change stays decoded.
-            memo = {key: value for key, value in record.memo.items() if key not in diff.set}
+            # (Copied first, in one step: requests reading the record add to
+            # its memo from other threads.)
+            memo = record.memo.copy()
+            for key in diff.set:
+                memo.pop(key, None)
             for key in diff.delete:
                 memo.pop(key, None)
     return SessionRecord(
