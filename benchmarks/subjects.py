@@ -117,7 +117,7 @@ def _make_store(
     store = SQLAlchemyStore(engine, table_name=namespace.table(slug))
     # The store's autocommit statements run on a pool (and Engine) of its
     # own on a database server: count those too.
-    single = store._single
+    single = store.autocommit_engine
     if single.pool is not engine.pool:
         count_sql(single, counters)
     return store, engine

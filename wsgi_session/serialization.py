@@ -158,7 +158,7 @@ class TaggedJSONSerializer:
                 # A long ASCII text with nothing to escape (no quote, backslash
                 # or control character) is its JSON string as is, in quotes:
                 # a C pass over the bytes instead of the encoder's per-character one.
-                data = value.encode("ascii")
+                data: bytes = value.encode("ascii")
                 if len(data.translate(None, _ESCAPED)) == len(data):
                     return b'"' + data + b'"'
             return _encode_str(value).encode()

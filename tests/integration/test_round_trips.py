@@ -3,10 +3,12 @@
 The promise of issue 4, default (strict) mode: on PostgreSQL a returning
 visitor's read-only request is one query and a counter increment two (no
 ``BEGIN``/``COMMIT``/``SET`` around them); on Redis a read is one round trip
-and an increment two. PostgreSQL queries are counted by the benchmark
-suite's wire-protocol proxy (:class:`benchmarks.counting.PostgresQueryCounter`),
-which sees what psycopg2 sends behind SQLAlchemy's back too; Redis round trips
-by a connection class that counts each send (a pipeline is one).
+and an increment two; the same on MariaDB. PostgreSQL queries are counted by
+the benchmark suite's wire-protocol proxy
+(:class:`benchmarks.counting.PostgresQueryCounter`), which sees what psycopg2
+sends behind SQLAlchemy's back too; MariaDB's by the server's own
+``Questions`` counter (every statement, ``ROLLBACK`` included); Redis round
+trips by a connection class that counts each send (a pipeline is one).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from services import POSTGRES_URL, REDIS_URL, port_open, require
+from services import MYSQL_URL, POSTGRES_URL, REDIS_URL, port_open, require
 
 from benchmarks.counting import Counter, PostgresQueryCounter, counting_redis
 from wsgi_session import SessionConfig, SessionMiddleware
@@ -66,24 +68,24 @@ class Client:
         return body
 
 
-def per_request(counter: Counter, client: Client, path: str, requests: int = 5) -> float:
-    before = counter.value
+def per_request(count: t.Callable[[], int], client: Client, path: str, requests: int = 5) -> float:
+    before = count()
     for _ in range(requests):
         client.get(path)
-    return (counter.value - before) / requests
+    return (count() - before) / requests
 
 
-def measured(store: Store, counter: Counter) -> dict[str, float]:
+def measured(store: Store, count: t.Callable[[], int]) -> dict[str, float]:
     """Round trips of a new visitor, then per increment and per read."""
     with SessionMiddleware(counter_app, SessionConfig(secret_keys=[SECRET]), store) as app:
         Client(app).get("/inc")  # warm-up: connections, table check, script load
         client = Client(app)
-        before = counter.value
+        before = count()
         client.get("/inc")
-        counts: dict[str, float] = {"new visitor": counter.value - before}
+        counts: dict[str, float] = {"new visitor": count() - before}
         assert client.cookie
-        counts["increment"] = per_request(counter, client, "/inc")
-        counts["read"] = per_request(counter, client, "/read")
+        counts["increment"] = per_request(count, client, "/inc")
+        counts["read"] = per_request(count, client, "/read")
         assert client.get("/read").startswith(b"n=6;")  # every increment was kept
     return counts
 
@@ -98,12 +100,45 @@ def test_postgresql_read_is_one_query_and_increment_two() -> None:
         try:
             store = SQLAlchemyStore(engine, table)
             store.setup()
-            counts = measured(store, proxy.queries)
+            counts = measured(store, lambda: proxy.queries.value)
             assert counts == {"new visitor": 1, "increment": 2, "read": 1}
         finally:
             with engine.begin() as conn:
                 conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
             engine.dispose()
+
+
+def mariadb_questions(conn: sa.Connection) -> t.Callable[[], int]:
+    """The statements a MariaDB server has received (its global
+    ``Questions``), read on ``conn``, less the reading queries themselves.
+    The tests run one at a time, so nothing else talks to the server."""
+    reads = 0
+
+    def count() -> int:
+        nonlocal reads
+        reads += 1
+        return int(conn.exec_driver_sql("SHOW GLOBAL STATUS LIKE 'Questions'").one()[1]) - reads
+
+    return count
+
+
+@pytest.mark.mysql
+def test_mariadb_read_is_one_query_and_increment_two() -> None:
+    url = sa.engine.make_url(MYSQL_URL)
+    require("MariaDB", port_open(url.port or 3306, url.host or "127.0.0.1"), MYSQL_URL)
+    engine = sa.create_engine(MYSQL_URL)
+    table = f"sessions_rt_{uuid.uuid4().hex[:8]}"
+    status = engine.connect()
+    try:
+        store = SQLAlchemyStore(engine, table)
+        store.setup()
+        counts = measured(store, mariadb_questions(status))
+        assert counts == {"new visitor": 1, "increment": 2, "read": 1}
+    finally:
+        status.close()
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS `{table}`"))
+        engine.dispose()
 
 
 @pytest.mark.redis
@@ -115,7 +150,7 @@ def test_redis_read_is_one_round_trip_and_increment_two() -> None:
     client = counting_redis(REDIS_URL, sends)
     prefix = f"rt-{uuid.uuid4().hex[:8]}:"
     try:
-        counts = measured(RedisStore(client, prefix=prefix), sends)
+        counts = measured(RedisStore(client, prefix=prefix), lambda: sends.value)
         assert counts == {"new visitor": 1, "increment": 2, "read": 1}
     finally:
         for key in client.scan_iter(prefix + "*"):

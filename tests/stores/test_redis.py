@@ -89,6 +89,15 @@ def test_key_ttl_is_the_remaining_lifetime(backend: Backend, make_diff: MakeDiff
         assert client.pttl(key) == pytest.approx(expected, abs=1500)
         current = written
     assert client.hget(key, b"\0a") == repr(current.absolute).encode()
+    # A hash that lost its absolute deadline is not taken for the writer's
+    # copy: the full merge writes the field back.
+    client.hdel(key, b"\0a")
+    diff = dataclasses.replace(make_diff("s1", {"k": b"x"}, ttl=100), absolute=current.absolute, base=current)
+    store.apply([diff])
+    assert client.hget(key, b"\0a") == repr(current.absolute).encode()
+    repaired = store.load("s1")
+    assert repaired is not None
+    assert repaired.values["k"] == b"x"
 
 
 @redis_kinds

@@ -5,8 +5,10 @@ value format."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import typing as t
+import uuid
 
 import hypothesis.strategies as st
 import pytest
@@ -106,10 +108,10 @@ def test_statements_per_call(backend: Backend, make_diff: MakeDiff) -> None:
         assert snapshot is not None
         assert statements == ["SELECT"]
         statements.clear()
-        # s2 is new (inserted alone); s1 has no snapshot, so it is read and
-        # written in a transaction.
+        # A batch is one transaction: s1 has no snapshot, so it is read and
+        # written; s2 is new, inserted.
         store.apply([make_diff("s1", {"k": b"w"}), make_diff("s2", {"k": b"v"}, create=True)])
-        assert statements == ["INSERT", "SELECT", "UPDATE"]
+        assert statements == ["SELECT", "UPDATE", "INSERT"]
         statements.clear()
         # With the snapshot the writer read (now stale: s1 changed since),
         # the guarded UPDATE finds nothing and the transaction merges.
@@ -277,3 +279,77 @@ def test_make_record_checks_every_field() -> None:
     for name, bad in [("version", "x"), ("created", float("inf")), ("expires", None), ("longterm", 2)]:
         with pytest.raises(BadStoredData, match=name.replace("longterm", "long-term")):
             make_record("s", {}, **{**good, name: bad})
+
+
+# -- the autocommit pool ---------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_the_autocommit_pool_follows_the_engines_schema_and_is_closed_with_the_store(
+    sql_servers: SQLServers, make_diff: MakeDiff
+) -> None:
+    """The engine's execution options (here a schema_translate_map) apply to
+    the single statements too, its isolation level does not; close() empties
+    the store's own pool and leaves the engine's alone."""
+    engine = sql_servers.engine("postgresql")
+    schema = f"ws_schema_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        mapped = engine.execution_options(schema_translate_map={None: schema}, isolation_level="SERIALIZABLE")
+        store = SQLAlchemyStore(mapped, "sessions")
+        assert store.autocommit_engine.get_execution_options()["schema_translate_map"] == {None: schema}
+        assert "isolation_level" not in store.autocommit_engine.get_execution_options()
+        store.apply([make_diff("s1", {"k": b"v"}, create=True)])  # alone: autocommit pool
+        store.apply([make_diff("s1", {"j": b"w"})])  # no snapshot: a transaction on the engine
+        record = store.load("s1")
+        assert record is not None
+        assert dict(record.values) == {"k": b"v", "j": b"w"}
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(f'SELECT count(*) FROM "{schema}".sessions').scalar() == 1
+        own_pool = store.autocommit_engine.pool
+        assert own_pool is not engine.pool
+        assert own_pool.checkedin() >= 1
+        store.close()
+        assert own_pool.checkedin() == 0
+        with engine.connect() as conn:  # the engine's pool is still the application's
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.mark.parametrize("backend", SQL_KINDS[1:], indirect=True)
+def test_a_forked_child_opens_its_own_autocommit_connections(backend: Backend, make_diff: MakeDiff) -> None:
+    """A child forked after the store was used (gunicorn --preload) must not
+    talk on its parent's connections: the fork hook drops them unclosed, so
+    the child's statements run on a server session of its own."""
+    store = sql_store(backend)
+    whoami = "SELECT pg_backend_pid()" if backend.name == "postgresql" else "SELECT CONNECTION_ID()"
+    store.apply([make_diff("s1", {"k": b"v"}, create=True)])
+    with store.autocommit_engine.connect() as conn:  # the connection the pool keeps
+        parent_session = conn.exec_driver_sql(whoami).scalar()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a read and a write on the autocommit pool, then who it was
+        code = 1
+        try:
+            record = store.load("s1")
+            if record is not None:
+                diff = dataclasses.replace(make_diff("s1", {"child": b"1"}), base=record)
+                if store.apply([diff])[0] is not None:
+                    with store.autocommit_engine.connect() as conn:
+                        os.write(writer, str(conn.exec_driver_sql(whoami).scalar()).encode())
+                    code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    _, status = os.waitpid(pid, 0)
+    child_session = os.read(reader, 64).decode()
+    os.close(reader)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_session
+    assert child_session != str(parent_session)
+    record = store.load("s1")  # the parent's connection is intact
+    assert record is not None
+    assert dict(record.values) == {"k": b"v", "child": b"1"}

@@ -50,7 +50,7 @@ local same = false
 if ARGV[11] ~= '' and not clear and ndefaults == 0 and #ARGV < 4000 then
   local meta = redis.call('HMGET', key, {V}, {C}, {A})
   if meta[1] == ARGV[11] and meta[2] and tonumber(meta[2])
-      and (not meta[3] or meta[3] == '' or tonumber(meta[3])) then
+      and meta[3] and (meta[3] == '' or tonumber(meta[3])) then
     version = tonumber(meta[1]) + 1
     if ndelete > 0 then redis.call('HDEL', key, unpack(ARGV, 12, 11 + ndelete)) end
     redis.call('HSET', key, {V}, version, {E}, expires, {L}, longterm, unpack(ARGV, 12 + ndelete))

@@ -1,10 +1,13 @@
 """The table of :class:`~wsgi_session.stores.SQLAlchemyStore` and what differs
-between databases: column types, insert-or-ignore, the autocommit pool, and
-which errors mean "unreachable" or "lost a race". Private to the SQL store."""
+between databases: column types, insert-or-ignore, the autocommit pool,
+PostgreSQL's ``LISTEN``, and which errors mean "unreachable" or "lost a
+race". Private to the SQL store."""
 
 from __future__ import annotations
 
 import os
+import select
+import threading
 import typing as t
 import weakref
 
@@ -99,12 +102,26 @@ def autocommit_engine(engine: sa.Engine) -> tuple[sa.Engine, bool]:
     whose connections are in autocommit for good: one statement, one round
     trip. SQLite keeps one pool (a second one could open a second in-memory
     database, and it has no round trips to save).
+
+    Not carried over: event listeners registered on the engine itself
+    (``before_cursor_execute`` and the like); pool and connection events are.
     """
     if engine.dialect.name == "sqlite":
         return engine.execution_options(isolation_level="AUTOCOMMIT"), False
-    twin = sa.create_engine(engine.url, pool=engine.pool.recreate(), isolation_level="AUTOCOMMIT")
+    twin = sa.create_engine(
+        engine.url,
+        pool=engine.pool.recreate(),
+        module=engine.dialect.loaded_dbapi,
+        isolation_level="AUTOCOMMIT",
+        # Nothing to roll back in autocommit; pymysql would still send a
+        # ROLLBACK each time a connection goes back to the pool.
+        skip_autocommit_rollback=True,
+    )
     _OWN_POOLS.add(twin)
-    return twin, True
+    # The engine's execution options (a schema_translate_map, say) apply to
+    # these statements too; its isolation level does not.
+    options = {k: v for k, v in engine.get_execution_options().items() if k != "isolation_level"}
+    return (twin.execution_options(**options) if options else twin), True
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -124,3 +141,36 @@ def is_conflict(exc: sa_exc.DBAPIError) -> bool:
     state = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)  # psycopg2, psycopg 3
     code = next(iter(getattr(orig, "args", ())), None)  # MySQL: lock wait timeout, deadlock
     return state in ("40001", "40P01") or code in (1205, 1213) or "database is locked" in str(orig)
+
+
+#: How often :func:`listen_postgres` looks at its ``stop`` event.
+_POLL_SECONDS = 0.25
+
+
+def listen_postgres(
+    engine: sa.Engine,
+    channel: str,
+    on_message: t.Callable[[str, str], None],
+    on_reset: t.Callable[[], None],
+    stop: threading.Event,
+) -> None:
+    """``LISTEN`` on ``channel`` (psycopg2) on a connection of its own, taken
+    from ``engine`` and detached from its pool, passing each announced id to
+    ``on_message(origin, id)`` until ``stop`` is set. Driver errors propagate."""
+    pooled = engine.raw_connection()
+    pooled.detach()
+    raw: t.Any = pooled.dbapi_connection
+    try:
+        raw.autocommit = True
+        with raw.cursor() as cursor:
+            cursor.execute('LISTEN "{}"'.format(channel.replace('"', '""')))
+        on_reset()
+        while not stop.is_set():
+            if select.select([raw], [], [], _POLL_SECONDS)[0]:
+                raw.poll()
+                while raw.notifies:
+                    origin, *session_ids = raw.notifies.pop(0).payload.split(" ")
+                    for session_id in session_ids:
+                        on_message(origin, session_id)
+    finally:
+        raw.close()

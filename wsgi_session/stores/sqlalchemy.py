@@ -21,13 +21,17 @@ autocommit (on PostgreSQL and MySQL through a second pool of the engine's
 configuration whose connections stay in autocommit, see
 :func:`~wsgi_session.stores._sql_schema.autocommit_engine`): no ``BEGIN``,
 ``COMMIT`` or isolation ``SET`` around them, so a read costs one query and a
-counter increment two. A write is one statement when the writer's snapshot
-is still what is stored (``UPDATE ... WHERE version = :snapshot``, merged in
-Python with :func:`wsgi_session.record.apply_diff`) or when it creates a
-session (the dialect's insert-or-ignore).
+counter increment two. A lone write (a request's own commit) is one
+statement when the writer's snapshot is still what is stored (``UPDATE ...
+WHERE version = :snapshot``, merged in Python with
+:func:`wsgi_session.record.apply_diff`) or when it creates a session (the
+dialect's insert-or-ignore).
 
-**Writes that raced.** The other diffs of a batch (the row changed since the
-snapshot, or no snapshot) go through one transaction. For each the row is
+**Batches and writes that raced.** A batch of several diffs (requests that
+committed together) is one transaction, all of it or nothing, and so is a
+lone write that raced (the row changed since the snapshot, or there is no
+snapshot). In it each diff is tried the same single-statement way first;
+otherwise the row is
 read, the diff merged, and the row written back only if nobody changed it
 meanwhile (``UPDATE ... WHERE version = :read``). When another writer got
 there first, the row is read again, locked (``SELECT ... FOR UPDATE``), and
@@ -48,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import select
 import threading
 import typing as t
 
@@ -64,6 +67,7 @@ from ._sql_schema import (
     insert_ignoring_duplicates,
     is_conflict,
     is_outage,
+    listen_postgres,
     row_values,
     session_table,
 )
@@ -84,8 +88,6 @@ _BATCH_ATTEMPTS = 3
 _CHUNK = 500
 #: Most ids in one ``NOTIFY`` payload (ids have at most 128 characters).
 _NOTIFY_CHUNK = 50
-#: How often :meth:`SQLAlchemyStore.listen` looks at its ``stop`` event.
-_POLL_SECONDS = 0.25
 
 
 class SQLAlchemyStore(Store):
@@ -159,34 +161,28 @@ class SQLAlchemyStore(Store):
         if not diffs:
             return []
         self._ensure_ready()
+        shortcut = True
+        if len(diffs) == 1 and self._origin is None:  # announcing stores write in a transaction
+            # A lone diff (a strict request's own commit) is one statement when
+            # it can be, and leaves nothing half-done when it cannot. A batch
+            # stays one transaction: all of it lands, or none (the flusher
+            # retries batches whole).
+            written = self._try_alone(diffs[0])
+            if written is not None:
+                return [written]
+            shortcut = False  # already tried
         # Rows are written in id order, so two batches never wait on each
         # other's locks in a cycle (the sort is stable: one id's diffs keep
         # their order).
         order = sorted(range(len(diffs)), key=lambda index: diffs[index].id)
         results: list[SessionRecord | None] = [None] * len(diffs)
-        if self._origin is None:  # announcing stores write in a transaction
-            deferred: list[int] = []
-            deferred_ids: set[str] = set()
-            with self._errors(), self._single.connect() as conn:
-                for index in order:
-                    diff = diffs[index]
-                    # Once one diff of a session waits for the transaction, so
-                    # do its later ones: a session's diffs land in order.
-                    if diff.id in deferred_ids or (written := self._write_alone(conn, diff)) is None:
-                        deferred.append(index)
-                        deferred_ids.add(diff.id)
-                    else:
-                        results[index] = written
-            order = deferred
-            if not order:
-                return results
         attempt = 1
         with self._errors():
             while True:
                 try:
                     with self._write_transaction() as conn:
                         for index in order:
-                            results[index] = self._apply_one(conn, diffs[index])
+                            results[index] = self._apply_one(conn, diffs[index], shortcut)
                         self._announce(conn, {diffs[i].id for i in order if results[i] is not None})
                     return results
                 except sa_exc.DBAPIError as exc:
@@ -194,6 +190,18 @@ class SQLAlchemyStore(Store):
                         raise
                     log.info("session batch hit a deadlock or lock timeout; retrying: %s", exc.orig)
                     attempt += 1
+
+    def _try_alone(self, diff: SessionDiff) -> SessionRecord | None:
+        """:meth:`_write_alone` in autocommit; ``None`` also when the row was
+        locked (the transaction then waits and retries)."""
+        with self._errors():
+            try:
+                with self._single.connect() as conn:
+                    return self._write_alone(conn, diff)
+            except sa_exc.DBAPIError as exc:
+                if not is_conflict(exc):
+                    raise
+                return None
 
     def _write_alone(self, conn: Connection, diff: SessionDiff) -> SessionRecord | None:
         """Write ``diff`` with a single statement where one is enough; the
@@ -227,11 +235,12 @@ class SQLAlchemyStore(Store):
         )
         return bool(conn.execute(update).rowcount == 1)
 
-    def _apply_one(self, conn: Connection, diff: SessionDiff) -> SessionRecord | None:
+    def _apply_one(self, conn: Connection, diff: SessionDiff, shortcut: bool = True) -> SessionRecord | None:
         """Merge one diff into its row, again and again while other writers
         win the race. A retry re-reads with ``FOR UPDATE`` (where the database
-        has it): it sees the latest commit and holds the row until the write."""
-        if self._origin is not None:  # not tried in autocommit
+        has it): it sees the latest commit and holds the row until the write.
+        ``shortcut``: try :meth:`_write_alone` first."""
+        if shortcut:
             written = self._write_alone(conn, diff)
             if written is not None:
                 return written
@@ -294,6 +303,15 @@ class SQLAlchemyStore(Store):
             while chunk := list(itertools.islice(ids, _CHUNK)):
                 conn.execute(sa.delete(self.table).where(self.table.c.id.in_(chunk)))
                 self._announce(conn, chunk)
+
+    @property
+    def autocommit_engine(self) -> Engine:
+        """The engine of the store's single-statement reads and writes: on a
+        database server a second pool built like :attr:`engine`'s, whose
+        connections stay in autocommit; on SQLite :attr:`engine` itself in
+        autocommit. Register statement events (tracing, metrics) here too:
+        those on :attr:`engine` do not see these statements."""
+        return self._single
 
     def close(self) -> None:
         """Dispose of the store's own autocommit pool (not of the engine's)."""
@@ -377,23 +395,7 @@ class SQLAlchemyStore(Store):
         connection fails."""
         errors = (sa_exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error)
         with unavailable_on(errors, "the session database"):
-            pooled = self.engine.raw_connection()
-            pooled.detach()
-            raw: t.Any = pooled.dbapi_connection
-            try:
-                raw.autocommit = True
-                with raw.cursor() as cursor:
-                    cursor.execute('LISTEN "{}"'.format(self.channel.replace('"', '""')))
-                on_reset()
-                while not stop.is_set():
-                    if select.select([raw], [], [], _POLL_SECONDS)[0]:
-                        raw.poll()
-                        while raw.notifies:
-                            origin, *session_ids = raw.notifies.pop(0).payload.split(" ")
-                            for session_id in session_ids:
-                                on_message(origin, session_id)
-            finally:
-                raw.close()
+            listen_postgres(self.engine, self.channel, on_message, on_reset, stop)
 
 
 def _insert_row(record: SessionRecord) -> dict[str, t.Any]:
