@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -302,3 +303,43 @@ def test_apply_matches_record_apply_diff(store: Store, make_diff: MakeDiff) -> N
         assert got == expected, f"step {step}: {diff}"
         assert store.load(session_id) == expected
         model[session_id] = expected
+
+
+def test_writes_with_the_writers_snapshot_match_record_apply_diff(store: Store, make_diff: MakeDiff) -> None:
+    """The same with ``diff.base`` set the way the middleware sets it (the
+    request's snapshot, its absolute deadline carried), sometimes current and
+    sometimes stale: the stores' shortcuts for a current snapshot (Redis's
+    short script path, SQL's single guarded UPDATE) give what apply_diff
+    gives, and a stale one falls back to the full merge."""
+    rng = random.Random(20261126)
+    keys = ["a", "b", "c", "d"]
+    model: dict[str, SessionRecord | None] = {"s1": None, "s2": None}
+    history: dict[str, list[SessionRecord]] = {"s1": [], "s2": []}
+
+    def some_keys() -> dict[str, bytes]:
+        return {key: rng.randbytes(3) for key in rng.sample(keys, rng.randint(0, 3))}
+
+    for step in range(120):
+        session_id = rng.choice(list(model))
+        current = model[session_id]
+        diff = make_diff(
+            session_id,
+            some_keys(),
+            delete=rng.sample(keys, rng.randint(0, 2)),
+            clear=rng.random() < 0.1,
+            ttl=rng.uniform(30, 90),
+            absolute=rng.choice([None, 60.0]) if current is None else None,
+            longterm=rng.random() < 0.5,
+            create=current is None,
+        )
+        if current is not None:
+            stale = history[session_id][:-1]
+            base = rng.choice(stale) if stale and rng.random() < 0.25 else current
+            diff = dataclasses.replace(diff, absolute=current.absolute, base=base)
+        expected = apply_diff(current, diff)
+        [got] = store.apply([diff])
+        assert got == expected, f"step {step}: {diff}"
+        assert store.load(session_id) == expected
+        model[session_id] = expected
+        if expected is not None:
+            history[session_id].append(expected)
