@@ -55,12 +55,10 @@ class PeriodicTask:
         self._stop = threading.Event()
         self.runs = 0
         self.errors = 0
+        #: Whether this process has started the thread (a plain attribute: read
+        #: on every request; no liveness check).
+        self.started = False
         _tasks.add(self)
-
-    @property
-    def started(self) -> bool:
-        """Whether this process has started the thread (cheap: no liveness check)."""
-        return self._thread is not None
 
     @property
     def running(self) -> bool:
@@ -76,6 +74,7 @@ class PeriodicTask:
                 thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 thread.start()
                 self._thread = thread
+                self.started = True
 
     def run_once(self) -> None:
         """Run the function now, in the caller's thread, with the same
@@ -103,3 +102,4 @@ class PeriodicTask:
     def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()
         self._thread = None
+        self.started = False

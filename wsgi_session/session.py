@@ -126,8 +126,12 @@ class Session(MutableMapping[str, t.Any]):
         else:
             presented, token, record = found
             self._presented = presented
-            if record is not None:
-                self._adopt(record)
+            if record is not None:  # _adopt, written out: every request with a session comes here
+                self._record = record
+                self._id = record.id
+                self._values = record.values
+                self._memo = record.memo
+                self._longterm = record.longterm
                 self._token = token
             else:
                 self._rejected = presented
