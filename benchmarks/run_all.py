@@ -129,7 +129,10 @@ def run(args: argparse.Namespace, namespace: Namespace) -> dict[str, t.Any]:
         "command": shlex.join(["python", "benchmarks/run_all.py", *sys.argv[1:]]),
         "versions": versions(),
         "services": services(),
-        "settings": f"{args.runs} interleaved runs of ~{args.run_time} s per in-process case",
+        "settings": (
+            f"{args.runs} interleaved runs of ~{args.run_time} s per in-process case"
+            " (gc on; objects older than the run frozen, see inprocess.measure)"
+        ),
     }
     timings = {}
     if args.inprocess:
