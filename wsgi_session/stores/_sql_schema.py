@@ -18,7 +18,7 @@ from sqlalchemy.dialects import mysql
 from ._codec import pack_values
 
 if t.TYPE_CHECKING:
-    from sqlalchemy.sql.dml import Insert
+    from sqlalchemy.sql.dml import Insert, Update
 
     from ..record import SessionRecord
 
@@ -47,6 +47,21 @@ def session_table(name: str, metadata: sa.MetaData) -> sa.Table:
         sa.Column("longterm", sa.Boolean, nullable=False),
         sa.Index(f"ix_{name}_expires", "expires"),
         sa.Index(f"ix_{name}_absolute", "absolute"),
+    )
+
+
+def insert_row(record: SessionRecord) -> dict[str, t.Any]:
+    """The columns an insert writes."""
+    return {"id": record.id, "created": record.created, **row_values(record)}
+
+
+def guarded_update(table: sa.Table, record: SessionRecord, expected_version: int) -> Update:
+    """``UPDATE`` writing ``record`` over its row only if the row is still at
+    ``expected_version`` (rowcount 1 when it was)."""
+    return (
+        sa.update(table)
+        .where(table.c.id == record.id, table.c.version == expected_version)
+        .values(row_values(record))
     )
 
 

@@ -64,11 +64,12 @@ from ._codec import make_record, unavailable_on, unpack_values
 from ._sql_schema import (
     MYSQL,
     autocommit_engine,
+    guarded_update,
     insert_ignoring_duplicates,
+    insert_row,
     is_conflict,
     is_outage,
     listen_postgres,
-    row_values,
     session_table,
 )
 from .base import Store
@@ -221,19 +222,13 @@ class SQLAlchemyStore(Store):
             return merged
         if diff.create and self._insert_new is not None:
             record = apply_diff(None, diff)
-            if record is not None and conn.execute(self._insert_new, _insert_row(record)).rowcount == 1:
+            if record is not None and conn.execute(self._insert_new, insert_row(record)).rowcount == 1:
                 return record
         return None
 
     def _update(self, conn: Connection, record: SessionRecord, expected_version: int) -> bool:
         """Write ``record`` over its row if the row is still at ``expected_version``."""
-        table = self.table
-        update = (
-            sa.update(table)
-            .where(table.c.id == record.id, table.c.version == expected_version)
-            .values(row_values(record))
-        )
-        return bool(conn.execute(update).rowcount == 1)
+        return bool(conn.execute(guarded_update(self.table, record, expected_version)).rowcount == 1)
 
     def _apply_one(self, conn: Connection, diff: SessionDiff, shortcut: bool = True) -> SessionRecord | None:
         """Merge one diff into its row, again and again while other writers
@@ -261,7 +256,7 @@ class SQLAlchemyStore(Store):
 
     def _insert(self, conn: Connection, record: SessionRecord) -> bool:
         """Insert a new row; ``False`` if a concurrent writer inserted it first."""
-        row = _insert_row(record)
+        row = insert_row(record)
         if self._insert_new is not None:
             return conn.execute(self._insert_new, row).rowcount == 1
         try:  # any other database: a savepoint absorbs the duplicate key
@@ -396,7 +391,3 @@ class SQLAlchemyStore(Store):
         errors = (sa_exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error)
         with unavailable_on(errors, "the session database"):
             listen_postgres(self.engine, self.channel, on_message, on_reset, stop)
-
-
-def _insert_row(record: SessionRecord) -> dict[str, t.Any]:
-    return {"id": record.id, "created": record.created, **row_values(record)}
