@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 
 from wsgi_session import BadSignature, BadToken, MalformedToken
 from wsgi_session.config import MAX_TOKEN_BYTES
-from wsgi_session.signing import ClientBinding, Token, TokenSigner, _HmacSha256, is_valid_id
+from wsgi_session.signing import ClientBinding, Token, TokenSigner, _HmacSha256, is_valid_id, urlsafe_b64
 from wsgi_session.stores import MemoryStore
 
 SESSION_ID = "A" * 16 + "b" * 16
@@ -46,6 +47,20 @@ def make_token(*secrets, session_id=SESSION_ID, consent=False, issued=1_800_000_
 def test_precomputed_hmac_is_hmac_sha256(key, message):
     # Keys shorter than, equal to and longer than SHA-256's 64-byte block.
     assert _HmacSha256(key).digest(message) == hmac.digest(key, message, hashlib.sha256)
+
+
+@given(data=st.binary(max_size=100))
+def test_urlsafe_b64_is_the_standard_encoding_unpadded(data):
+    # Every length modulo 3 (0, 1 or 2 padding characters dropped).
+    assert urlsafe_b64(data) == base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def test_default_ids_are_32_url_safe_characters_and_distinct():
+    from wsgi_session.manager import _default_id
+
+    ids = {_default_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(is_valid_id(session_id) and len(session_id) == 32 for session_id in ids)
 
 
 def test_tokens_carry_the_signature_itsdangerous_makes():

@@ -45,8 +45,8 @@ class Advanced:
         record = self._manager.load(session_id)
         if record is None:
             return None
-        decode = self._manager.decode_value
-        return {key: decode(session_id, key, raw) for key, raw in record.values.items()}
+        decode = self._manager.serializer.loads
+        return {key: decode(raw) for key, raw in record.values.items()}
 
     def set_expiry(self, session_id: str, when: datetime | float) -> bool:
         """Move the idle deadline of a stored session to ``when`` (a datetime

@@ -23,7 +23,6 @@ import logging
 import os
 import threading
 import typing as t
-from base64 import urlsafe_b64encode
 
 from ._logging import RateLimitedLog
 from .advanced import Advanced
@@ -34,7 +33,7 @@ from .keystore import KeyStore
 from .outcome import Finisher
 from .record import MOVED_KEY, SessionDiff, SessionRecord, forwarding_stub
 from .serialization import IMMUTABLE_TYPES, TaggedJSONSerializer
-from .signing import ClientBinding, Token, TokenSigner, is_valid_id
+from .signing import ClientBinding, Token, TokenSigner, is_valid_id, urlsafe_b64
 from .transport import make_transport
 
 if t.TYPE_CHECKING:
@@ -240,10 +239,6 @@ class SessionManager:
         """Drop cache entries idle for longer than ``memory_lifetime``."""
         return self.cached.cache.evict_idle() if self.cached is not None else 0
 
-    def decode_value(self, session_id: str | None, key: str, raw: bytes) -> t.Any:
-        """Decode one stored value."""
-        return self.serializer.loads(raw)
-
     def encode_late(self, key: str, value: t.Any) -> bytes | None:
         """Encode a value at the end of the request, or log why it cannot be."""
         try:
@@ -299,25 +294,22 @@ class SessionManager:
         is logged and left alone; this request's changes to it are dropped,
         and the next request gets a fresh session."""
         try:
-            return self._commit(out)
+            result: SessionRecord | None = None
+            if out.delete:
+                self.store.delete(out.delete)
+            if out.renew is not None:
+                result = self._renew(*out.renew)
+            diffs = out.diffs
+            if diffs:
+                result = self.apply(diffs)[0]
+                self.stats.writes += len(diffs)
+            return result
         except BadStoredData as exc:
             ids = [diff.id for diff in out.diffs] or ([out.renew[0]] if out.renew else [])
             for session_id in ids:
                 self._unreadable(session_id, f"cannot write to it: {exc.message}")
                 self.forget(session_id)
             return None
-
-    def _commit(self, out: Outcome) -> SessionRecord | None:
-        result: SessionRecord | None = None
-        if out.delete:
-            self.store.delete(out.delete)
-        if out.renew is not None:
-            result = self._renew(*out.renew)
-        diffs = out.diffs
-        if diffs:
-            result = self.apply(diffs)[0]
-            self.stats.writes += len(diffs)
-        return result
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
         """Apply diffs, following forwarding stubs of renewed sessions."""
@@ -390,5 +382,5 @@ def _sealed(store: Store, config: SessionConfig) -> Store:
 
 def _default_id() -> str:
     """192 bits from the OS's CSPRNG as 32 URL-safe characters: what
-    ``secrets.token_urlsafe(24)`` gives, with two fewer Python calls."""
-    return urlsafe_b64encode(os.urandom(24)).decode("ascii")
+    ``secrets.token_urlsafe(24)`` gives, without its Python-level calls."""
+    return urlsafe_b64(os.urandom(24))

@@ -22,7 +22,7 @@ import logging
 import typing as t
 
 from .record import SessionDiff
-from .session import _NO_CHANGES
+from .session import _NO_DELETES
 from .signing import Token
 
 if t.TYPE_CHECKING:
@@ -86,9 +86,7 @@ class Finisher:
         m = self._manager
         now = m.clock()
         record = session._record
-        # Only read immutable values, or nothing: no encoding to compare.
-        untouched = not (session._decoded or session._deleted or session._cleared)
-        changes = _NO_CHANGES if untouched else session._changes()
+        changes = session._changes()
         if (
             record is not None
             and not (changes or session._renew or session._meta_changed or session._force)
@@ -104,6 +102,7 @@ class Finisher:
         ):
             return NOTHING  # the read-only request: nothing to write or send
         out = Outcome()
+        changed, deleted, cleared = changes if changes is not None else ({}, _NO_DELETES, False)
         if session._destroyed:
             if record is not None:
                 out.delete.append(record.id)
@@ -115,7 +114,7 @@ class Finisher:
         local = self._opt_in and not session._consent
         expires = now + (self._longterm_lifetime if longterm else self._lifetime)
         if record is None:
-            wanted = bool(changes.set) or session._created or (session._consent and session._meta_changed)
+            wanted = bool(changed) or session._created or (session._consent and session._meta_changed)
             if not wanted:
                 out.clear = session._rejected and not late
                 return out
@@ -131,7 +130,7 @@ class Finisher:
             out.diffs.append(
                 SessionDiff(
                     session_id,
-                    changes.set,
+                    changed,
                     frozenset(),
                     False,
                     expires,
@@ -147,9 +146,9 @@ class Finisher:
             return out
         diff = SessionDiff(
             record.id,
-            changes.set,
-            changes.delete,
-            changes.clear,
+            changed,
+            deleted,
+            cleared,
             expires,
             record.absolute,
             longterm,

@@ -38,18 +38,12 @@ _EMPTY: t.Mapping[str, bytes] = {}
 _MISSING: t.Any = object()
 
 
-class Changes(t.NamedTuple):
-    """What a request changed in its session's data."""
-
-    set: dict[str, bytes]
-    delete: frozenset[str]
-    clear: bool
-
-    def __bool__(self) -> bool:
-        return bool(self.set or self.delete or self.clear)
-
-
-_NO_CHANGES = Changes({}, frozenset(), False)
+#: What a request changed in its session's data: the keys it set (encoded),
+#: the keys it deleted, and whether it cleared everything else first. A plain
+#: tuple (one is built for every request that writes; a named tuple costs a
+#: Python-level constructor call).
+Changes = tuple[dict[str, bytes], frozenset[str], bool]
+_NO_DELETES: frozenset[str] = frozenset()
 
 
 class Session(MutableMapping[str, t.Any]):
@@ -178,7 +172,7 @@ class Session(MutableMapping[str, t.Any]):
         memo = self._memo
         if key in memo:
             return memo[key]
-        value = self._manager.decode_value(self._id, key, raw)
+        value = self._manager.serializer.loads(raw)
         if type(value) in IMMUTABLE_TYPES:
             memo[key] = value
         else:
@@ -346,19 +340,20 @@ class Session(MutableMapping[str, t.Any]):
 
     # -- change tracking ---------------------------------------------------
 
-    def _changes(self) -> Changes:
-        """Encode what changed since the snapshot. A value that can no longer
-        be encoded (a nested mutation added something unsupported) is logged
-        and skipped: the stored value stays as it was."""
-        if not (self._decoded or self._deleted or self._cleared):
-            return _NO_CHANGES  # the common read-only request
+    def _changes(self) -> Changes | None:
+        """Encode what changed since the snapshot; ``None`` if nothing did.
+        A value that can no longer be encoded (a nested mutation added
+        something unsupported) is logged and skipped: the stored value stays
+        as it was."""
+        decoded, deleted, cleared = self._decoded, self._deleted, self._cleared
+        if not (decoded or deleted or cleared):
+            return None  # the common read-only request
         changed: dict[str, bytes] = {}
         baseline = self._values
-        cleared = self._cleared
         assigned = self._assigned
-        for key, value in self._decoded.items():
+        for key, value in decoded.items():
             if type(value) in IMMUTABLE_TYPES:
-                encoded = assigned.get(key)
+                encoded = assigned.get(key)  # only an assignment changes an immutable value
                 if encoded is None:
                     continue
             else:
@@ -367,9 +362,8 @@ class Session(MutableMapping[str, t.Any]):
                     continue
             if cleared or baseline.get(key) != encoded:
                 changed[key] = encoded
-        for key, encoded in assigned.items():
-            if key not in changed and key not in self._decoded:
-                changed[key] = encoded  # pragma: no cover - defensive
-        deleted = frozenset(k for k in self._deleted if k in baseline) if not cleared else frozenset()
-        clear = cleared and any(key != MOVED_KEY for key in baseline)
-        return Changes(changed, deleted, clear)
+        if cleared:
+            clear = any(key != MOVED_KEY for key in baseline)
+            return (changed, _NO_DELETES, clear) if changed or clear else None
+        removed = frozenset(key for key in deleted if key in baseline) if deleted else _NO_DELETES
+        return (changed, removed, False) if changed or removed else None

@@ -22,7 +22,7 @@ computed once per process, not once per request.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -57,6 +57,16 @@ class Token(t.NamedTuple):
     id: str
     consent: bool
     issued: int
+
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def urlsafe_b64(data: bytes) -> str:
+    """``data`` in unpadded URL-safe base64 (RFC 4648 §5), as tokens carry
+    it: what ``base64.urlsafe_b64encode(data).rstrip(b"=")`` gives, in two
+    C calls instead of three Python-level ones (once per issued token)."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def is_valid_id(session_id: str) -> bool:
@@ -150,7 +160,7 @@ class TokenSigner:
         """The signed token string for ``token`` (signed with the newest key)."""
         body = f"{token.id}.{'1' if token.consent else '0'}.{token.issued:x}"
         digest = self._sign(f"{body}\x1f{binding}".encode())
-        return f"{body}.{base64.urlsafe_b64encode(digest).rstrip(b'=').decode('ascii')}"
+        return f"{body}.{urlsafe_b64(digest)}"
 
     def loads(self, value: str, binding: str = "") -> Token:
         """Verify ``value`` and return its contents.

@@ -59,6 +59,9 @@ class MemoryStore(Store):
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
         update = self._data.update
+        if len(diffs) == 1:  # a request's one write: no comprehension frame
+            diff = diffs[0]
+            return [update(diff.id, apply_diff, diff)]
         return [update(diff.id, apply_diff, diff) for diff in diffs]
 
     def delete(self, session_ids: t.Iterable[str]) -> None:
