@@ -1,23 +1,26 @@
-"""Where the time of a Redis strict increment goes, beyond its round trips.
+"""Where the time of a request goes: py-spy profiles of three in-process cases.
 
-A child process runs the in-process ``wsgi_session[redis] / increment`` case
-in a loop for a few seconds while ``py-spy`` samples it from outside (no
-instrumentation in the process, so the numbers are not inflated the way
-cProfile's are), with ``--idle`` so that time blocked on the socket is seen
-too. Each sample of the request thread inside the measured loop is put in
-one bucket by its innermost frame:
+A child process runs one in-process case in a loop for a few seconds while
+``py-spy`` samples it from outside (no instrumentation in the process, so the
+numbers are not inflated the way cProfile's are), with ``--idle`` so that
+time blocked on a socket is seen too. Three cases are profiled:
 
-* blocked on the Redis socket (reading replies, sending commands): the
-  round trips themselves (on loopback, mostly Redis itself and the
-  scheduling of its process on the shared cores);
-* blocked on a lock or condition (waiting for a group commit's turn);
-* CPU, attributed to the innermost frame of wsgi_session (per module),
-  redis-py, werkzeug or the benchmark's app; standard-library code is
-  counted for the library frame that called it.
+``wsgi_session[redis] / increment`` (strict mode)
+    Each sample of the request thread inside the measured loop is put in one
+    bucket by its innermost frame: blocked on the Redis socket (the round
+    trips themselves), blocked on a lock or condition (waiting for a group
+    commit's turn), or CPU, attributed to wsgi_session (per module),
+    redis-py, werkzeug or the benchmark's app; standard-library code is
+    counted for the library frame that called it. The same process times
+    every round trip from its send to its parsed reply, and reads how long
+    Redis itself spent per command (``INFO commandstats``, before and after).
+    The flush thread's samples are reported on their own.
 
-The flush thread's samples are reported on their own. Without py-spy the
-same case is profiled with cProfile instead (deterministic, but with its
-overhead).
+``wsgi_session[memory] / increment`` and ``/ new visitor``
+    No I/O at all: the samples are the CPU cost of the middleware itself,
+    attributed to the wsgi_session *function* whose own lines ran (standard
+    library and C calls counted for the wsgi_session function that made
+    them), the benchmark's app, or the rest.
 
 Run it from the repository root::
 
@@ -43,10 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.settings import ROOT
 
-CASE_SLUG = "ws-redis"
-#: Samples per second: low, and ``--nonblocking``, so the profiler (which needs
-#: CPU on the same 2 cores) slows the process down little.
-RATE = 200
+#: The profiled cases: (subject slug, workload constant of benchmarks.workloads).
+CASES = (("ws-redis", "INCREMENT"), ("ws-mem", "INCREMENT"), ("ws-mem", "NEW_VISITOR"))
+#: py-spy's options for a case with round trips: a low rate, and
+#: ``--nonblocking``, so the profiler (which needs CPU on the same 2 cores)
+#: does not stretch the round trips it measures; ``--idle`` to see them.
+IO_OPTIONS = ("--nonblocking", "--idle", "--rate", "200")
+#: For a case without I/O: the process is paused for each sample (consistent
+#: stacks), more often; its time under the profiler is longer, the shares exact.
+CPU_OPTIONS = ("--rate", "1000")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<path>.*):(?P<line>\d+)\)$")
 _LIBRARIES = (
     ("wsgi_session/", None),
@@ -56,39 +64,77 @@ _LIBRARIES = (
 )
 
 
-def child(seconds: float) -> None:
-    """Run the case for about ``seconds`` and print requests and time as JSON."""
+def child(seconds: float, slug: str, workload_name: str) -> None:
+    """Run one case for about ``seconds`` and print requests and time as JSON."""
+    from benchmarks import workloads
     from benchmarks.cases import build_cases, calibrate, close_cases, run_batch
     from benchmarks.cleanup import sweep
     from benchmarks.settings import Namespace
     from benchmarks.subjects import by_slug
-    from benchmarks.workloads import INCREMENT
 
+    subject = by_slug(slug)
     namespace = Namespace.new()
     try:
-        cases, skipped = build_cases(namespace, [by_slug(CASE_SLUG)], [INCREMENT])
+        cases, skipped = build_cases(namespace, [subject], [getattr(workloads, workload_name)])
         if not cases:
             raise SystemExit(f"cannot build the case: {skipped}")
         case = cases[0]
         try:
             batch = calibrate(case, 0.2)
-            waits = _time_replies()
+            waits = _time_replies() if subject.store == "redis" else {}
+            server_before = _redis_command_stats() if subject.store == "redis" else {}
             requests, started = 0, time.perf_counter()
             for _ in range(max(1, int(seconds / 0.2))):
+                if case.workload.creates:
+                    case.target.clear()
                 run_batch(case.target.app, case.environ, batch)
                 requests += batch
             elapsed = time.perf_counter() - started
+            server = _server_time(server_before, _redis_command_stats()) if server_before else {}
+            # Commands of the request path only (not connection set-up or this module's INFO).
+            waits = {name: values for name, values in waits.items() if len(values) >= requests // 2}
             per_request = {name: sum(values) / requests / 1000 for name, values in waits.items()}
             medians = {name: statistics.median(values) / 1000 for name, values in waits.items()}
-            print(
-                json.dumps(
-                    {"requests": requests, "seconds": elapsed, "waits_us": per_request, "medians_us": medians}
-                )
-            )
+            result = {
+                "case": f"{subject.name} / {case.workload.name}",
+                "requests": requests,
+                "seconds": elapsed,
+                "waits_us": per_request,
+                "medians_us": medians,
+                "server_us": server,
+            }
+            print(json.dumps(result))
         finally:
             close_cases(cases)
     finally:
         sweep(namespace)
+
+
+def _redis_command_stats() -> dict[str, tuple[int, int]]:
+    """``(calls, µs)`` per command, as Redis counts them (all clients)."""
+    import redis
+
+    from benchmarks.settings import REDIS_URL
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {
+        name.removeprefix("cmdstat_").upper(): (int(value["calls"]), int(value["usec"]))
+        for name, value in stats.items()
+    }
+
+
+def _server_time(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """µs Redis spent per call of each command that ran between two readings."""
+    spent = {}
+    for name, (calls, usec) in after.items():
+        calls_before, usec_before = before.get(name, (0, 0))
+        if calls > calls_before and name in ("EVALSHA", "HGET", "HGETALL", "GET"):
+            spent[name] = (usec - usec_before) / (calls - calls_before)
+    return spent
 
 
 def _time_replies() -> dict[str, list[int]]:
@@ -117,6 +163,14 @@ def _time_replies() -> dict[str, list[int]]:
     redis.connection.Connection.send_packed_command = send_packed_command  # type: ignore[method-assign]
     redis.connection.Connection.read_response = read_response  # type: ignore[method-assign]
     return waits
+
+
+def _samples(raw: str) -> t.Iterator[tuple[str, list[tuple[str, str]], int]]:
+    """Each stack of a py-spy raw recording: thread, frames, sample count."""
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if count_text.isdigit():
+            yield (*_frames(stack), int(count_text))
 
 
 def _frames(stack: str) -> tuple[str, list[tuple[str, str]]]:
@@ -164,12 +218,7 @@ def summarize(raw: str, measured: dict[str, t.Any]) -> str:
     inclusive: collections.Counter[str] = collections.Counter()
     flush: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        thread, frames = _frames(stack)
+    for thread, frames, count in _samples(raw):
         if thread.startswith("wsgi-session"):
             flush[bucket(frames)] += count
             continue
@@ -192,14 +241,22 @@ def summarize(raw: str, measured: dict[str, t.Any]) -> str:
     wait_text = " + ".join(
         f"`{name}` {value:.0f} µs (median {medians.get(name, 0):.0f})" for name, value in waits.items()
     )
+    server = measured.get("server_us", {})
+    server_text = ", ".join(f"`{name}` {value:.1f} µs" for name, value in server.items())
     lines = [
-        f"`py-spy record --nonblocking --idle --rate {RATE}` of the in-process "
-        f"`wsgi_session[redis] / increment` loop: {requests:,} requests in {seconds:.1f} s under the "
-        f"profiler ({per_request:.0f} µs/request), {total:,} samples of the request thread.",
+        _recorded(measured, total),
         "",
         f"Timed in the same process, the round trips from the start of each send to its parsed reply, "
         f"per request: {wait_text} = {waited:.0f} µs of the {per_request:.0f} µs; the remaining "
         f"{per_request - waited:.0f} µs are Python in the request thread (and waiting for the GIL).",
+    ]
+    if server_text:
+        lines += [
+            "",
+            f"Time Redis itself spent per call (`INFO commandstats` before and after): {server_text} "
+            "(`EVALSHA` is the merge script).",
+        ]
+    lines += [
         "",
         "| where the request thread's time goes | share | µs/request |",
         "| :--- | ---: | ---: |",
@@ -222,22 +279,63 @@ def summarize(raw: str, measured: dict[str, t.Any]) -> str:
     return "\n".join(lines)
 
 
-def with_py_spy(seconds: float) -> tuple[str, dict[str, float]]:
+def _recorded(measured: dict[str, t.Any], samples: int) -> str:
+    requests, seconds = measured["requests"], measured["seconds"]
+    return (
+        f"`py-spy record {measured['options']}` of the in-process `{measured['case']}` loop: "
+        f"{requests:,} requests in {seconds:.1f} s under the profiler "
+        f"({seconds / requests * 1e6:.1f} µs/request), {samples:,} samples of the request thread."
+    )
+
+
+def owner(frames: list[tuple[str, str]]) -> str:
+    """Who a CPU sample's time is charged to: the innermost wsgi_session
+    function (``module:function``), the benchmark app, or ``other``."""
+    for func, path in reversed(frames):
+        if "wsgi_session/" in path:
+            module = path.split("wsgi_session/", 1)[1].removesuffix(".py")
+            return f"`{module}:{func.rsplit('.', 1)[-1] if '<' in func else func}`"
+        if "benchmarks/" in path:
+            return "the benchmark app and loop"
+    return "other"
+
+
+def summarize_cpu(raw: str, measured: dict[str, t.Any], top: int = 14) -> str:
+    """The Markdown summary of a case without I/O: CPU per owning function."""
+    owners: collections.Counter[str] = collections.Counter()
+    total = 0
+    for thread, frames, count in _samples(raw):
+        if thread.startswith("wsgi-session") or not any(func == "run_batch" for func, _ in frames):
+            continue
+        total += count
+        owners[owner(frames)] += count
+    if not total:
+        return "py-spy recorded no samples of the measured loop."
+    lines = [
+        _recorded(measured, total),
+        "",
+        "Shares of the request thread's samples; the pauses for sampling stretch the time "
+        "under the profiler, not the shares: multiply by the in-process median for µs.",
+        "",
+        "| whose own lines ran (self time) | share |",
+        "| :--- | ---: |",
+    ]
+    shown = owners.most_common(top)
+    for name, count in shown:
+        lines.append(f"| {name} | {count / total:.1%} |")
+    rest = total - sum(count for _, count in shown)
+    if rest:
+        lines.append(f"| {len(owners) - len(shown)} more | {rest / total:.1%} |")
+    return "\n".join(lines)
+
+
+def with_py_spy(seconds: float, slug: str, workload_name: str) -> tuple[str, dict[str, float]]:
     """Record the child with py-spy; the Markdown summary and the buckets' shares."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     with tempfile.TemporaryDirectory() as directory:
         raw_path = Path(directory) / "profile.txt"
-        command = [
-            py_spy,
-            "record",
-            "--nonblocking",
-            "--idle",
-            "--threads",
-            "--rate",
-            str(RATE),
-            "--format",
-            "raw",
-        ]
+        options = IO_OPTIONS if slug == "ws-redis" else CPU_OPTIONS
+        command = [py_spy, "record", *options, "--threads", "--format", "raw"]
         command += [
             "-o",
             str(raw_path),
@@ -247,6 +345,10 @@ def with_py_spy(seconds: float) -> tuple[str, dict[str, float]]:
             "benchmarks.profiling",
             "--child",
             str(seconds),
+            "--case",
+            slug,
+            "--workload",
+            workload_name,
         ]
         completed = subprocess.run(
             command, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 120, check=False
@@ -257,27 +359,37 @@ def with_py_spy(seconds: float) -> tuple[str, dict[str, float]]:
         if not lines:
             raise RuntimeError(f"the profiled child printed no result: {completed.stdout[-500:]}")
         measured = json.loads(lines[-1])
-        return summarize(raw_path.read_text(), measured), measured
+        measured["options"] = " ".join(options)
+        raw = raw_path.read_text()
+        summary = summarize(raw, measured) if measured["waits_us"] else summarize_cpu(raw, measured)
+        return summary, measured
 
 
 def run(seconds: float = 8.0) -> str:
-    """The profile summary (py-spy; cProfile when py-spy cannot run)."""
-    try:
-        return with_py_spy(seconds)[0]
-    except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
-        return (
-            f"py-spy could not profile ({exc}); "
-            "`python benchmarks/inprocess.py --profile --only redis` profiles with cProfile."
-        )
+    """The profile summaries of :data:`CASES` (py-spy; a pointer to the
+    cProfile option when py-spy cannot run)."""
+    sections = []
+    for slug, workload_name in CASES:
+        try:
+            summary, measured = with_py_spy(seconds, slug, workload_name)
+        except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+            return (
+                f"py-spy could not profile ({exc}); "
+                "`python benchmarks/inprocess.py --profile` profiles every case with cProfile."
+            )
+        sections.append(f"### {measured['case']}\n\n{summary}")
+    return "\n\n".join(sections)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Profile the Redis strict increment in process with py-spy.")
-    parser.add_argument("--seconds", type=float, default=8.0, help="how long to sample (8)")
+    parser = argparse.ArgumentParser(description="Profile in-process cases with py-spy.")
+    parser.add_argument("--seconds", type=float, default=8.0, help="how long to sample each case (8)")
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        child(args.child)
+        child(args.child, args.case, args.workload)
         return
     print(run(args.seconds))
 

@@ -9,7 +9,8 @@ Parts (all of them when none is named):
 ``--memory``
     RSS of 100,000 cached 1 KB sessions (:mod:`benchmarks.memory`);
 ``--profile``
-    py-spy profile of the Redis strict increment (:mod:`benchmarks.profiling`);
+    py-spy profiles of the Redis strict increment and of the memory store's
+    increment and new visitor (:mod:`benchmarks.profiling`);
 ``--gunicorn``
     requests/s, p50 and p99 under gunicorn loaded by wrk, with exact counter
     checks (:mod:`benchmarks.loadtest`).

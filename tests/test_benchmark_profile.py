@@ -1,0 +1,78 @@
+"""The benchmark profile's attribution of py-spy samples (benchmarks/profiling.py).
+
+The stacks are written by hand in py-spy's raw format (``--threads``: the
+thread label first, then the frames outermost first, then the sample count),
+so each test knows exactly which answer is right.
+"""
+
+from __future__ import annotations
+
+from benchmarks.profiling import owner, summarize, summarize_cpu
+
+_LOOP = 'process 1:"MainThread";<module> (benchmarks/profiling.py:1);run_batch (benchmarks/cases.py:210)'
+_CALL = "SessionMiddleware.__call__ (/x/wsgi_session/middleware.py:140)"
+_MEASURED = {
+    "case": "wsgi_session[memory] / increment",
+    "requests": 1000,
+    "seconds": 0.02,
+    "options": "--rate 1000",
+}
+
+
+def stack(*frames: str, count: int, thread: str = _LOOP) -> str:
+    return ";".join((thread, *frames)) + f" {count}"
+
+
+def test_a_sample_is_charged_to_the_innermost_wsgi_session_function():
+    frames = [
+        ("run_batch", "benchmarks/cases.py"),
+        ("SessionMiddleware.__call__", "/x/wsgi_session/middleware.py"),
+        ("apply_diff", "/x/wsgi_session/record.py"),
+        ("copy", "/usr/lib/python3.11/copy.py"),  # the standard library counts for its caller
+    ]
+    assert owner(frames) == "`record:apply_diff`"
+    assert owner(frames[:1]) == "the benchmark app and loop"
+    assert owner([("select", "/usr/lib/python3.11/selectors.py")]) == "other"
+
+
+def test_cpu_summary_counts_only_the_measured_loop_of_the_request_thread():
+    raw = "\n".join(
+        [
+            stack(_CALL, "apply_diff (/x/wsgi_session/record.py:150)", count=3),
+            stack(_CALL, count=1),
+            # Outside the measured loop (set-up), and the flush thread: not counted.
+            stack("<module> (benchmarks/profiling.py:1)", count=50, thread='process 1:"MainThread"'),
+            stack(
+                "wait (/usr/lib/python3.11/threading.py:320)",
+                count=50,
+                thread='process 1:"wsgi-session-flush"',
+            ),
+        ]
+    )
+    text = summarize_cpu(raw, _MEASURED)
+    assert "4 samples of the request thread" in text
+    assert "| `record:apply_diff` | 75.0% |" in text
+    assert "| `middleware:SessionMiddleware.__call__` | 25.0% |" in text
+
+
+def test_round_trip_summary_separates_waiting_from_cpu():
+    read = "SessionManager.load (/x/wsgi_session/manager.py:190);read_response (/v/redis/connection.py:600)"
+    raw = "\n".join(
+        [
+            stack(_CALL, read, count=8),
+            stack(_CALL, "RedisStore.apply (/x/wsgi_session/stores/redis.py:170)", count=2),
+        ]
+    )
+    measured = {
+        **_MEASURED,
+        "case": "wsgi_session[redis] / increment",
+        "seconds": 0.4,
+        "waits_us": {"HGET": 150.0, "EVALSHA": 200.0},
+        "medians_us": {"HGET": 140.0, "EVALSHA": 190.0},
+        "server_us": {"EVALSHA": 20.0, "HGET": 1.0},
+    }
+    text = summarize(raw, measured)
+    assert "| round trip: waiting for the reply | 80.0% | 320 |" in text
+    assert "| CPU: wsgi_session.stores.redis | 20.0% | 80 |" in text
+    assert "= 350 µs of the 400 µs" in text
+    assert "`EVALSHA` 20.0 µs, `HGET` 1.0 µs" in text
