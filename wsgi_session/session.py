@@ -95,41 +95,36 @@ class Session(MutableMapping[str, t.Any]):
     def _load(self) -> None:
         """Resolve the token and take the snapshot (first access only)."""
         self._loaded = True
-        self._id: str | None = None
-        self._record: SessionRecord | None = None
-        self._values: t.Mapping[str, bytes] = _EMPTY
-        self._memo: dict[str, t.Any] = {}
         self._decoded: dict[str, t.Any] = {}
         self._assigned: dict[str, bytes] = {}
         self._deleted: set[str] = set()
-        self._cleared = False
-        self._token: Token | None = None
-        self._presented = False
-        self._rejected = False
-        self._renew = self._destroyed = self._created = self._force = False
-        self._unsaved = self._meta_changed = False
+        self._cleared = self._renew = self._destroyed = self._created = self._force = False
+        self._unsaved = self._meta_changed = self._rejected = False
         self._failure: StoreUnavailable | None = None
-        self._longterm = False
         try:
-            found = self._manager.resolve(self._environ)
+            presented, token, record = self._manager.resolve(self._environ)
         except StoreUnavailable as exc:
             self._failure = exc
             if not self._manager.fail_open:
                 raise
             self._unsaved = True
+            presented, token, record = False, None, None
+        self._presented = presented
+        self._token: Token | None = token
+        if record is not None:  # _adopt, written out: every request with a session comes here
+            self._record: SessionRecord | None = record
+            self._id: str | None = record.id
+            self._values: t.Mapping[str, bytes] = record.values
+            self._memo: dict[str, t.Any] = record.memo
+            self._longterm = record.longterm
+            self._consent = token is not None and token.consent
         else:
-            presented, token, record = found
-            self._presented = presented
-            if record is not None:  # _adopt, written out: every request with a session comes here
-                self._record = record
-                self._id = record.id
-                self._values = record.values
-                self._memo = record.memo
-                self._longterm = record.longterm
-                self._token = token
-            else:
-                self._rejected = presented
-        self._consent = bool(self._token and self._token.consent)
+            self._record = None
+            self._id = None
+            self._values = _EMPTY
+            self._memo = {}
+            self._longterm = self._consent = False
+            self._rejected = presented
 
     def _adopt(self, record: SessionRecord) -> None:
         self._record = record
