@@ -1,15 +1,17 @@
 """The benchmark profile's attribution of py-spy samples (benchmarks/profiling.py).
 
 The stacks are written by hand in py-spy's raw format (``--threads``: the
-thread label first, then the frames outermost first, then the sample count),
-so each test knows exactly which answer is right.
+thread label ``thread (id): name`` first, then the frames outermost first,
+then the sample count), so each test knows exactly which answer is right.
 """
 
 from __future__ import annotations
 
 from benchmarks.profiling import owner, summarize, summarize_cpu
 
-_LOOP = 'process 1:"MainThread";<module> (benchmarks/profiling.py:1);run_batch (benchmarks/cases.py:210)'
+_MAIN = "thread (7001): MainThread"
+_FLUSH = "thread (7002): wsgi-session-flush"
+_RUN = "<module> (benchmarks/profiling.py:1);run_batch (benchmarks/cases.py:210)"
 _CALL = "SessionMiddleware.__call__ (/x/wsgi_session/middleware.py:140)"
 _MEASURED = {
     "case": "wsgi_session[memory] / increment",
@@ -19,8 +21,8 @@ _MEASURED = {
 }
 
 
-def stack(*frames: str, count: int, thread: str = _LOOP) -> str:
-    return ";".join((thread, *frames)) + f" {count}"
+def stack(*frames: str, count: int, thread: str = _MAIN, loop: bool = True) -> str:
+    return ";".join((thread, *((_RUN,) if loop else ()), *frames)) + f" {count}"
 
 
 def test_a_sample_is_charged_to_the_innermost_wsgi_session_function():
@@ -40,13 +42,10 @@ def test_cpu_summary_counts_only_the_measured_loop_of_the_request_thread():
         [
             stack(_CALL, "apply_diff (/x/wsgi_session/record.py:150)", count=3),
             stack(_CALL, count=1),
-            # Outside the measured loop (set-up), and the flush thread: not counted.
-            stack("<module> (benchmarks/profiling.py:1)", count=50, thread='process 1:"MainThread"'),
-            stack(
-                "wait (/usr/lib/python3.11/threading.py:320)",
-                count=50,
-                thread='process 1:"wsgi-session-flush"',
-            ),
+            # Outside the measured loop (set-up), and the flush thread (even
+            # under a frame of the same name): not counted.
+            stack("<module> (benchmarks/profiling.py:1)", count=50, loop=False),
+            stack("wait (/usr/lib/python3.11/threading.py:320)", count=50, thread=_FLUSH),
         ]
     )
     text = summarize_cpu(raw, _MEASURED)
@@ -61,6 +60,10 @@ def test_round_trip_summary_separates_waiting_from_cpu():
         [
             stack(_CALL, read, count=8),
             stack(_CALL, "RedisStore.apply (/x/wsgi_session/stores/redis.py:170)", count=2),
+            stack("wait (/usr/lib/python3.11/threading.py:320)", count=30, thread=_FLUSH, loop=False),
+            stack(
+                "RedisStore.apply (/x/wsgi_session/stores/redis.py:170)", count=10, thread=_FLUSH, loop=False
+            ),
         ]
     )
     measured = {
@@ -76,3 +79,8 @@ def test_round_trip_summary_separates_waiting_from_cpu():
     assert "| CPU: wsgi_session.stores.redis | 20.0% | 80 |" in text
     assert "= 350 µs of the 400 µs" in text
     assert "`EVALSHA` 20.0 µs, `HGET` 1.0 µs" in text
+    # The flush thread's samples are reported apart, not in the request's shares.
+    assert (
+        "Flush thread: 40 samples (blocked: lock / condition wait 75%, CPU: wsgi_session.stores.redis 25%)"
+        in text
+    )

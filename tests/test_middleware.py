@@ -630,6 +630,46 @@ def test_store_outage_fail_open_serves_an_empty_unsaved_session(make_client):
     assert middleware.advanced.load(session_id) == {"count": 1}
 
 
+@pytest.mark.parametrize("policy", ["fail_closed", "fail_open"])
+def test_a_view_that_swallows_the_outage_keeps_a_usable_empty_session(make_client, policy):
+    # The session stays a complete (empty) mapping after the failed load:
+    # fail closed still answers 503, fail open answers the view's page; neither
+    # lets the write made after the failure reach the stored session.
+    store = FlakyStore()
+    seen = []
+
+    def view(session, environ):
+        try:
+            count = session.get("count", 0)
+        except StoreUnavailable:
+            seen.append((session.get("count", "absent"), "count" in session, len(session)))
+            session["count"] = 100
+            return "swallowed"
+        session["count"] = count + 1
+        return str(count + 1)
+
+    client, middleware = make_client(view, store=store, outage_policy=policy)
+    client.get("/")
+    session_id = id_of(client.cookies["session"])
+    store.down = True
+    response = client.get("/", expect_errors=True)
+    store.down = False
+    if policy == "fail_closed":
+        assert seen == [("absent", False, 0)]
+        assert response.status_int == 503
+    else:
+        assert seen == []  # fail open: the load answers an empty session instead of raising
+        assert (response.status_int, response.text) == (200, "1")
+    assert "Set-Cookie" not in response.headers
+    assert middleware.advanced.load(session_id) == {"count": 1}
+
+
+def test_vary_merged_into_a_header_given_as_a_list():
+    # PEP 3333 asks for tuples, but lists are common enough to be accepted.
+    middleware = SessionMiddleware(_app_with_headers([["Vary", "Accept"]]), make_config())
+    assert header_values(call_wsgi(middleware).headers, "Vary") == ["Accept, Cookie"]
+
+
 def test_middleware_is_a_context_manager_and_close_is_idempotent():
     config = make_config()
     with SessionMiddleware(view_app(counter_view), config) as middleware:

@@ -338,14 +338,10 @@ def _close(body: object) -> None:
 
 def _add_vary(headers: list[tuple[str, str]], name: str) -> None:
     """Add ``name`` to the ``Vary`` header (merging, never duplicating)."""
-    for key, value in headers:  # the common case: no Vary yet, two or three headers
+    for index, (key, value) in enumerate(headers):
         if len(key) == 4 and key.lower() == "vary":
-            _merge_vary(headers, key, value, name)
+            tokens = {part.strip().lower() for part in value.split(",")}
+            if "*" not in tokens and name.lower() not in tokens:
+                headers[index] = (key, f"{value}, {name}")
             return
     headers.append(("Vary", name))
-
-
-def _merge_vary(headers: list[tuple[str, str]], key: str, value: str, name: str) -> None:
-    tokens = {part.strip().lower() for part in value.split(",")}
-    if "*" not in tokens and name.lower() not in tokens:
-        headers[headers.index((key, value))] = (key, f"{value}, {name}")

@@ -86,7 +86,9 @@ class Finisher:
         m = self._manager
         now = m.clock()
         record = session._record
-        changes = session._changes()
+        # Only read immutable values, or nothing: no call to compare encodings.
+        untouched = not (session._decoded or session._deleted or session._cleared)
+        changes = None if untouched else session._changes()
         if (
             record is not None
             and not (changes or session._renew or session._meta_changed or session._force)
@@ -141,7 +143,7 @@ class Finisher:
                     local_only=local,
                 )
             )
-            m.stats.bump("created")
+            m.stats.created += 1
             self._issue(out, session, session_id, longterm, absolute, now)
             return out
         diff = SessionDiff(

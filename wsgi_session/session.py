@@ -102,21 +102,19 @@ class Session(MutableMapping[str, t.Any]):
         self._unsaved = self._meta_changed = self._rejected = False
         self._failure: StoreUnavailable | None = None
         try:
-            presented, token, record = self._manager.resolve(self._environ)
+            found = self._manager.resolve(self._environ)
         except StoreUnavailable as exc:
             self._failure = exc
-            if not self._manager.fail_open:
-                raise
-            self._unsaved = True
-            presented, token, record = False, None, None
+            found = (False, None, None)  # every attribute is set before the error goes on
+        presented, token, record = found
         self._presented = presented
-        self._token: Token | None = token
         if record is not None:  # _adopt, written out: every request with a session comes here
             self._record: SessionRecord | None = record
             self._id: str | None = record.id
             self._values: t.Mapping[str, bytes] = record.values
             self._memo: dict[str, t.Any] = record.memo
             self._longterm = record.longterm
+            self._token: Token | None = token
             self._consent = token is not None and token.consent
         else:
             self._record = None
@@ -124,7 +122,12 @@ class Session(MutableMapping[str, t.Any]):
             self._values = _EMPTY
             self._memo = {}
             self._longterm = self._consent = False
+            self._token = None
             self._rejected = presented
+        if self._failure is not None:
+            if not self._manager.fail_open:
+                raise self._failure
+            self._unsaved = True
 
     def _adopt(self, record: SessionRecord) -> None:
         self._record = record
@@ -189,7 +192,8 @@ class Session(MutableMapping[str, t.Any]):
             raise UnserializableValue(key, value, str(exc)) from exc
         self._decoded[key] = value
         self._assigned[key] = encoded
-        self._deleted.discard(key)
+        if self._deleted:
+            self._deleted.discard(key)
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
