@@ -56,6 +56,7 @@ IO_OPTIONS = ("--nonblocking", "--idle", "--rate", "200")
 #: stacks), more often; its time under the profiler is longer, the shares exact.
 CPU_OPTIONS = ("--rate", "1000")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<path>.*):(?P<line>\d+)\)$")
+_REDIS_PY_READS = {"_read_from_socket", "read_response", "readline", "read", "_read_response"}
 _LIBRARIES = (
     ("wsgi_session/", None),
     ("redis/", "redis-py"),
@@ -138,30 +139,22 @@ def _server_time(before: dict[str, tuple[int, int]], after: dict[str, tuple[int,
 
 
 def _time_replies() -> dict[str, list[int]]:
-    """Time every redis-py round trip (from the start of the send to the
-    parsed first reply), by command name; returns the dict that fills up."""
-    import redis.connection
+    """Time every round trip of the store's lean Redis path (from the start
+    of the send to the parsed replies), by command name; returns the dict
+    that fills up."""
+    from wsgi_session.stores._resp import LeanPath
 
     waits: dict[str, list[int]] = collections.defaultdict(list)
-    sent: dict[int, tuple[str, int]] = {}
-    send, read = redis.connection.Connection.send_packed_command, redis.connection.Connection.read_response
+    lean_call = LeanPath.call
 
-    def send_packed_command(self: t.Any, command: t.Any, check_health: bool = True) -> None:
+    def call(self: t.Any, commands: t.Any) -> t.Any:
         started = time.perf_counter_ns()
-        first = command if isinstance(command, (bytes, bytearray)) else bytes(command[0])
-        sent[id(self)] = (first.split(b"\r\n", 3)[2].decode(errors="replace"), started)
-        send(self, command, check_health)
-
-    def read_response(self: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
         try:
-            return read(self, *args, **kwargs)
+            return lean_call(self, commands)
         finally:
-            name, started = sent.pop(id(self), ("", 0))
-            if name:  # the first reply of a send: its round trip
-                waits[name].append(time.perf_counter_ns() - started)
+            waits[commands[0][0].decode()].append(time.perf_counter_ns() - started)
 
-    redis.connection.Connection.send_packed_command = send_packed_command  # type: ignore[method-assign]
-    redis.connection.Connection.read_response = read_response  # type: ignore[method-assign]
+    LeanPath.call = call  # type: ignore[method-assign]
     return waits
 
 
@@ -188,13 +181,7 @@ def bucket(frames: list[tuple[str, str]]) -> str:
     """The bucket of one sample (see the module docstring)."""
     qualified, path = frames[-1]
     func = qualified.rsplit(".", 1)[-1]
-    if "redis/" in path and func in {
-        "_read_from_socket",
-        "read_response",
-        "readline",
-        "read",
-        "_read_response",
-    }:
+    if ("redis/" in path and func in _REDIS_PY_READS) or (path.endswith("_resp.py") and func == "_receive"):
         return "round trip: waiting for the reply"
     if func in {"sendall", "send_packed_command"} and ("redis/" in path or path.endswith("socket.py")):
         return "round trip: in the send syscall (the kernel runs Redis)"

@@ -49,6 +49,7 @@ from ..exceptions import BadStoredData
 from ..record import apply_diff
 from ._codec import unavailable_on
 from ._redis_layout import BAD_RECORD, MERGE_SCRIPT, VERSION, pairs, record_from_fields, script_args
+from ._resp import LeanPath
 from .base import Store
 
 if t.TYPE_CHECKING:
@@ -109,9 +110,18 @@ class RedisStore(Store):
     :meth:`version` an ``HGET``, and :meth:`apply` one pipeline of script
     calls for the whole batch. Redis errors that mean the server cannot be
     reached (connection, timeout, cluster down, failover in progress) are
-    raised as :class:`~wsgi_session.exceptions.StoreUnavailable`, after the
-    retries configured on the client (redis-py's default ``retry`` takes a
-    few seconds to give up: pass a shorter one to fail fast).
+    raised as :class:`~wsgi_session.exceptions.StoreUnavailable`.
+
+    Those three calls, the ones on a request's path, bypass redis-py's
+    command machinery on a plain or Sentinel client (:attr:`lean`; see
+    :mod:`wsgi_session.stores._resp`): a third of the CPU per round trip.
+    They use the client's connection settings but not its ``retry`` policy:
+    a connection found closed is replaced and the commands sent once more,
+    and any other connection error is an outage at once (answered by the
+    outage policy; background writes are retried by the flusher). The other
+    calls, and every call on a cluster, go through redis-py and its
+    ``retry`` (redis-py's default takes a few seconds to give up: pass a
+    shorter one to fail fast).
     """
 
     expires_by_itself = True
@@ -127,6 +137,10 @@ class RedisStore(Store):
         self._prefix = prefix.encode()
         self._pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", self._prefix) + b"*"
         self._script = client.register_script(MERGE_SCRIPT)
+        self._sha = self._script.sha.encode()
+        #: The request path's commands bypass redis-py's machinery where that
+        #: is equivalent (see :mod:`wsgi_session.stores._resp`); else ``None``.
+        self.lean = LeanPath.for_client(client)
         #: Where changes are announced (``coherence="notify"``), and by whom.
         self.channel = self._prefix + b"changes"
         self._origin = b""
@@ -145,16 +159,23 @@ class RedisStore(Store):
 
     def load(self, session_id: str) -> SessionRecord | None:
         with self._errors():
+            key = self._key(session_id)
             try:
-                fields = self.client.hgetall(self._key(session_id))
+                if self.lean is not None:
+                    fields = list(pairs(self._lean_one(b"HGETALL", key)))
+                else:
+                    fields = list(self.client.hgetall(key).items())
             except rex.ResponseError as exc:  # WRONGTYPE: not one of our hashes
                 raise BadStoredData(f"stored session is not a hash: {exc}") from exc
-        return record_from_fields(session_id, fields.items()) if fields else None
+        return record_from_fields(session_id, fields) if fields else None
 
     def version(self, session_id: str) -> int | None:
         with self._errors():
             try:
-                raw = self.client.hget(self._key(session_id), VERSION)
+                if self.lean is not None:
+                    raw = self._lean_one(b"HGET", self._key(session_id), VERSION)
+                else:
+                    raw = self.client.hget(self._key(session_id), VERSION)
             except rex.ResponseError as exc:
                 raise BadStoredData(f"stored session is not a hash: {exc}") from exc
         if raw is None:
@@ -183,6 +204,9 @@ class RedisStore(Store):
         """Run the script for ``calls[i]``, ``i`` in ``indexes``, in one pipeline
         (a lone call skips the pipeline machinery: same round trip, less Python)."""
         indexes = list(indexes)
+        if self.lean is not None:
+            sha = self._sha
+            return self.lean.call([(b"EVALSHA", sha, b"1", calls[i][0], *calls[i][1]) for i in indexes])
         if len(indexes) == 1:
             key, args = calls[indexes[0]]
             try:
@@ -197,6 +221,19 @@ class RedisStore(Store):
             pipe.execute_command("EVALSHA", self._script.sha, 1, key, *args)
         replies: list[t.Any] = pipe.execute(raise_on_error=False)
         return replies
+
+    def _lean_one(self, *command: bytes) -> t.Any:
+        """One command on the lean path; an error reply is raised."""
+        assert self.lean is not None
+        reply = self.lean.call([command])[0]
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        """Disconnect the lean path's connections (the client is yours to close)."""
+        if self.lean is not None:
+            self.lean.close()
 
     def delete(self, session_ids: t.Iterable[str]) -> None:
         self._delete_keys(self._key(session_id) for session_id in session_ids)

@@ -1,0 +1,164 @@
+"""The lean Redis path (wsgi_session/stores/_resp.py): the RESP parser on
+its own, then against a real Redis — replies equal redis-py's in RESP2 and
+RESP3, pipelining, a connection per thread and per forked process, and a
+connection killed by the server replaced without the caller noticing."""
+
+from __future__ import annotations
+
+import os
+import threading
+import typing as t
+
+import pytest
+import redis
+import redis.exceptions as rex
+
+from wsgi_session.stores import RedisStore
+from wsgi_session.stores._resp import _INCOMPLETE, LeanPath, pack, parse
+
+if t.TYPE_CHECKING:
+    from .conftest import Backend
+
+# -- the parser on its own ---------------------------------------------------------------------
+
+REPLIES = [
+    (b"+OK\r\n", b"OK"),
+    (b":-42\r\n", -42),
+    (b"$5\r\nhe\r\nl\r\n", b"he\r\nl"),  # binary-safe: CRLF inside a bulk string
+    (b"$0\r\n\r\n", b""),
+    (b"$-1\r\n", None),
+    (b"*-1\r\n", None),
+    (b"*3\r\n:1\r\n*2\r\n$1\r\na\r\n$-1\r\n+x\r\n", [1, [b"a", None], b"x"]),
+    (b"%2\r\n$1\r\nk\r\n$1\r\nv\r\n$1\r\nn\r\n:5\r\n", [b"k", b"v", b"n", 5]),  # RESP3 map, flat
+    (b"_\r\n", None),  # RESP3 null
+    (b"#t\r\n", True),
+]
+
+
+@pytest.mark.parametrize(("data", "value"), REPLIES)
+def test_each_reply_type_parses_and_every_prefix_is_incomplete(data: bytes, value: object) -> None:
+    assert parse(data) == (value, len(data))
+    assert parse(b"junk" + data, 4) == (value, len(data) + 4)
+    for cut in range(len(data)):
+        assert parse(data[:cut])[0] is _INCOMPLETE, cut
+
+
+def test_error_replies_are_redis_py_exceptions() -> None:
+    no_script, after = parse(b"-NOSCRIPT No matching script.\r\n")
+    assert isinstance(no_script, rex.NoScriptError)
+    assert after == 31
+    wrong_type, _ = parse(b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")
+    assert type(wrong_type) is rex.ResponseError
+    assert "wrong kind" in str(wrong_type)
+    loading, _ = parse(b"-LOADING Redis is loading the dataset in memory\r\n")
+    assert isinstance(loading, rex.BusyLoadingError)  # an outage, as redis-py says
+
+
+def test_pack_is_a_resp_array_of_bulk_strings() -> None:
+    assert pack([b"HGET", b"k", b"\x00v"]) == b"*3\r\n$4\r\nHGET\r\n$1\r\nk\r\n$2\r\n\x00v\r\n"
+
+
+# -- against a real Redis --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def client(request: pytest.FixtureRequest, redis_client: t.Any) -> t.Iterator[redis.Redis]:
+    url = redis_client.connection_pool.connection_kwargs
+    client = redis.Redis(host=url["host"], port=url["port"], db=url.get("db", 0), protocol=request.param)
+    yield client
+    client.close()
+
+
+@pytest.mark.redis
+def test_replies_equal_redis_py_s(client: redis.Redis) -> None:
+    lean = LeanPath.for_client(client)
+    assert lean is not None
+    client.delete(b"lean:h")
+    client.hset(b"lean:h", mapping={b"a": b"1", b"\x00v": b"7", b"bin": bytes(range(256))})
+    try:
+        hget, missing, everything, script, error = lean.call(
+            [
+                (b"HGET", b"lean:h", b"\x00v"),
+                (b"HGET", b"lean:h", b"nope"),
+                (b"HGETALL", b"lean:h"),
+                (b"EVAL", b"return {1, 'x', false}", b"0"),
+                (b"HGET", b"lean:h", b"a", b"extra-argument"),
+            ]
+        )
+        assert hget == client.hget(b"lean:h", b"\x00v") == b"7"
+        assert missing is None
+        assert dict(zip(everything[::2], everything[1::2], strict=True)) == client.hgetall(b"lean:h")
+        assert script == [1, b"x", None]
+        assert isinstance(error, rex.ResponseError)  # in place: the other replies are intact
+    finally:
+        client.delete(b"lean:h")
+        lean.close()
+
+
+@pytest.mark.redis
+def test_a_connection_killed_by_the_server_is_replaced_transparently(redis_client: t.Any) -> None:
+    lean = LeanPath(redis_client.connection_pool)
+    try:
+        [first] = lean.call([(b"CLIENT", b"ID")])
+        assert redis_client.client_kill_filter(_id=first) == 1
+        [second] = lean.call([(b"CLIENT", b"ID")])
+        assert second != first
+        assert lean.call([(b"PING",)]) == [b"PONG"]
+    finally:
+        lean.close()
+
+
+@pytest.mark.redis
+def test_each_thread_has_its_own_connection_and_close_ends_them_all(redis_client: t.Any) -> None:
+    lean = LeanPath(redis_client.connection_pool)
+    ids: list[int] = []
+    threads = [threading.Thread(target=lambda: ids.extend(lean.call([(b"CLIENT", b"ID")]))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids += lean.call([(b"CLIENT", b"ID")])
+    assert len(set(ids)) == 4
+    lean.close()
+    alive = {int(entry["id"]) for entry in redis_client.client_list()}
+    assert not alive & set(ids)
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_uses_its_parent_s_connection(redis_client: t.Any) -> None:
+    lean = LeanPath(redis_client.connection_pool)
+    try:
+        [parent] = lean.call([(b"CLIENT", b"ID")])
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its connection's id, never return into pytest
+            try:
+                [child] = lean.call([(b"CLIENT", b"ID")])
+                os.write(writer, str(child).encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        os.waitpid(pid, 0)
+        child_id = int(os.read(reader, 64))
+        os.close(reader)
+        assert child_id != parent
+        assert lean.call([(b"CLIENT", b"ID")]) == [parent]  # the parent's connection survived the child
+    finally:
+        lean.close()
+
+
+REDIS_KINDS = [
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
+    pytest.param("sentinel", marks=pytest.mark.redis),
+]
+
+
+@pytest.mark.parametrize("backend", REDIS_KINDS, indirect=True)
+def test_the_store_takes_the_lean_path_except_on_a_cluster(
+    backend: Backend, request: pytest.FixtureRequest
+) -> None:
+    store = backend.store
+    assert isinstance(store, RedisStore)
+    assert (store.lean is None) == (request.node.callspec.params["backend"] == "cluster")
