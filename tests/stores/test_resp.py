@@ -74,7 +74,8 @@ def test_replies_equal_redis_py_s(client: redis.Redis) -> None:
     lean = LeanPath.for_client(client)
     assert lean is not None
     client.delete(b"lean:h")
-    client.hset(b"lean:h", mapping={b"a": b"1", b"\x00v": b"7", b"bin": bytes(range(256))})
+    big = os.urandom(300_000)  # a reply that arrives in several reads
+    client.hset(b"lean:h", mapping={b"a": b"1", b"\x00v": b"7", b"bin": bytes(range(256)), b"big": big})
     try:
         hget, missing, everything, script, error = lean.call(
             [
@@ -88,6 +89,7 @@ def test_replies_equal_redis_py_s(client: redis.Redis) -> None:
         assert hget == client.hget(b"lean:h", b"\x00v") == b"7"
         assert missing is None
         assert dict(zip(everything[::2], everything[1::2], strict=True)) == client.hgetall(b"lean:h")
+        assert dict(zip(everything[::2], everything[1::2], strict=True))[b"big"] == big
         assert script == [1, b"x", None]
         assert isinstance(error, rex.ResponseError)  # in place: the other replies are intact
     finally:

@@ -7,7 +7,6 @@ nothing outside :mod:`wsgi_session.stores` should depend on these names.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import struct
@@ -117,19 +116,36 @@ def unpack_values(data: bytes) -> dict[str, bytes]:
     return values
 
 
-@contextlib.contextmanager
-def unavailable_on(
-    errors: tuple[type[BaseException], ...],
-    backend: str,
-    is_outage: t.Callable[[BaseException], bool] | None = None,
-) -> t.Iterator[None]:
+class unavailable_on:
     """Re-raise ``errors`` for which ``is_outage(exc)`` is true (all of them
     by default) as :class:`~wsgi_session.exceptions.StoreUnavailable`, the
-    original chained as ``__cause__``; let everything else through."""
-    try:
-        yield
-    except errors as exc:
-        if is_outage is not None and not is_outage(exc):
-            raise
-        log.debug("%s unavailable: %r", backend, exc)
-        raise StoreUnavailable(f"{backend} is unavailable: {exc}") from exc
+    original chained as ``__cause__``; let everything else through.
+
+    A plain class rather than :func:`contextlib.contextmanager` (a generator
+    and a wrapper object per ``with``): it holds no state, so a store builds
+    one and enters it around every call."""
+
+    __slots__ = ("backend", "errors", "is_outage")
+
+    def __init__(
+        self,
+        errors: tuple[type[BaseException], ...],
+        backend: str,
+        is_outage: t.Callable[[BaseException], bool] | None = None,
+    ) -> None:
+        self.errors = errors
+        self.backend = backend
+        self.is_outage = is_outage
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: t.Any
+    ) -> t.Literal[False]:
+        if exc is None or not isinstance(exc, self.errors):
+            return False
+        if self.is_outage is not None and not self.is_outage(exc):
+            return False
+        log.debug("%s unavailable: %r", self.backend, exc)
+        raise StoreUnavailable(f"{self.backend} is unavailable: {exc}") from exc

@@ -56,10 +56,7 @@ class _Closed(Exception):
 
 def pack(command: t.Sequence[bytes]) -> bytes:
     """``command`` as a RESP array of bulk strings."""
-    parts = [b"*%d\r\n" % len(command)]
-    for argument in command:
-        parts.append(b"$%d\r\n%s\r\n" % (len(argument), argument))
-    return b"".join(parts)
+    return b"*%d\r\n" % len(command) + b"".join([b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command])
 
 
 def parse(data: bytes, position: int = 0) -> tuple[t.Any, int]:
@@ -105,11 +102,11 @@ def parse(data: bytes, position: int = 0) -> tuple[t.Any, int]:
 
 def _receive(sock: socket.socket, count: int) -> list[t.Any]:
     """Read ``count`` replies from ``sock`` (blocking; the socket's timeout)."""
-    data = b""
+    data = sock.recv(_CHUNK)
     position = 0
     replies: list[t.Any] = []
-    while len(replies) < count:
-        value, after = parse(data, position) if position < len(data) else (_INCOMPLETE, position)
+    while True:
+        value, after = parse(data, position)
         if value is _INCOMPLETE:
             chunk = sock.recv(_CHUNK)
             if not chunk:
@@ -119,6 +116,8 @@ def _receive(sock: socket.socket, count: int) -> list[t.Any]:
             continue
         replies.append(value)
         position = after
+        if len(replies) == count:
+            break
     if position != len(data):
         raise rex.InvalidResponse("more reply bytes than commands sent")
     return replies

@@ -144,12 +144,13 @@ class RedisStore(Store):
         #: Where changes are announced (``coherence="notify"``), and by whom.
         self.channel = self._prefix + b"changes"
         self._origin = b""
+        self._guard = unavailable_on((rex.RedisError, rex.RedisClusterException), "Redis", _is_outage)
 
     def _key(self, session_id: str) -> bytes:
         return self._prefix + session_id.encode()
 
-    def _errors(self) -> t.ContextManager[None]:
-        return unavailable_on((rex.RedisError, rex.RedisClusterException), "Redis", _is_outage)
+    def _errors(self) -> unavailable_on:
+        return self._guard
 
     def setup(self) -> None:
         """Load the merge script into the server (every primary of a cluster),
