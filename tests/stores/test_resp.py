@@ -5,7 +5,9 @@ connection killed by the server replaced without the caller noticing."""
 
 from __future__ import annotations
 
+import gc
 import os
+import socket
 import threading
 import typing as t
 
@@ -13,8 +15,8 @@ import pytest
 import redis
 import redis.exceptions as rex
 
-from wsgi_session.stores import RedisStore
-from wsgi_session.stores._resp import _INCOMPLETE, LeanPath, pack, parse
+from wsgi_session.stores import RedisStore, _resp
+from wsgi_session.stores._resp import _INCOMPLETE, LeanPath, _Reader, pack, parse
 
 if t.TYPE_CHECKING:
     from .conftest import Backend
@@ -52,6 +54,25 @@ def test_error_replies_are_redis_py_exceptions() -> None:
     assert "wrong kind" in str(wrong_type)
     loading, _ = parse(b"-LOADING Redis is loading the dataset in memory\r\n")
     assert isinstance(loading, rex.BusyLoadingError)  # an outage, as redis-py says
+
+
+def test_the_reader_skips_push_frames_and_reads_arrays_across_many_reads() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        fields = b"".join(b"$3\r\nk%02d\r\n$5\r\nvalue\r\n" % (n % 100) for n in range(20_000))
+        theirs.sendall(b">2\r\n$7\r\ninvalid\r\n*0\r\n:5\r\n")  # a RESP3 push, then the reply
+        reader = _Reader(ours)
+        assert reader.reply() == 5
+        sender = threading.Thread(target=theirs.sendall, args=(b"*40000\r\n" + fields,))
+        sender.start()  # about 300 KB: the reader gets it in many pieces
+        items = reader.reply()
+        sender.join()
+        assert len(items) == 40_000
+        assert items[:4] == [b"k00", b"value", b"k01", b"value"]
+        assert reader.position == len(reader.data)
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_pack_is_a_resp_array_of_bulk_strings() -> None:
@@ -148,6 +169,85 @@ def test_a_forked_child_never_uses_its_parent_s_connection(redis_client: t.Any) 
         assert lean.call([(b"CLIENT", b"ID")]) == [parent]  # the parent's connection survived the child
     finally:
         lean.close()
+
+
+@pytest.mark.redis
+def test_a_read_interrupted_mid_reply_never_hands_its_reply_to_the_next_call(
+    redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: the first read is interrupted after the command went
+    # out (as a timeout signal or gevent.Timeout would), its reply unread.
+    lean = LeanPath(redis_client.connection_pool)
+    redis_client.set(b"review:a", b"111")
+    redis_client.set(b"review:b", b"222")
+    real_receive = _resp._receive
+
+    def interrupted(reader: _Reader, count: int) -> list[t.Any]:
+        monkeypatch.setattr(_resp, "_receive", real_receive)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_resp, "_receive", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lean.call([(b"GET", b"review:a")])
+        assert lean.call([(b"GET", b"review:b")]) == [b"222"]
+    finally:
+        redis_client.delete(b"review:a", b"review:b")
+        lean.close()
+
+
+@pytest.mark.redis
+def test_a_readonly_answer_is_sent_again_on_a_new_connection(
+    redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: the first answer is a replica's READONLY (a failover
+    # demoted the server); a real one needs a replica and a failover.
+    lean = LeanPath(redis_client.connection_pool)
+    [before] = lean.call([(b"CLIENT", b"ID")])
+    real_receive = _resp._receive
+
+    def from_a_replica(reader: _Reader, count: int) -> list[t.Any]:
+        real_receive(reader, count)
+        monkeypatch.setattr(_resp, "_receive", real_receive)
+        return [rex.ReadOnlyError("You can't write against a read only replica.")]
+
+    monkeypatch.setattr(_resp, "_receive", from_a_replica)
+    try:
+        [after] = lean.call([(b"CLIENT", b"ID")])
+        assert isinstance(after, int)
+        assert after != before
+    finally:
+        lean.close()
+
+
+@pytest.mark.redis
+def test_connections_close_with_their_threads_and_stay_out_of_the_pool_s_count(redis_client: t.Any) -> None:
+    kwargs = redis_client.connection_pool.connection_kwargs
+    client = redis.Redis(host=kwargs["host"], port=kwargs["port"], max_connections=2)
+    lean = LeanPath(client.connection_pool)
+    ids: list[int] = []
+    try:
+        for _ in range(5):  # more threads than max_connections, one after another
+            thread = threading.Thread(target=lambda: ids.extend(lean.call([(b"CLIENT", b"ID")])))
+            thread.start()
+            thread.join()
+        gc.collect()
+        alive = {int(entry["id"]) for entry in redis_client.client_list()}
+        assert len(set(ids)) == 5
+        assert not alive & set(ids)  # each closed when its thread ended
+        assert client.ping()  # the pool's own connections are all still available
+    finally:
+        lean.close()
+        client.close()
+
+
+@pytest.mark.redis
+def test_client_side_caching_keeps_redis_py_s_path() -> None:
+    from redis.cache import CacheConfig
+
+    client = redis.Redis(protocol=3, cache_config=CacheConfig())
+    assert LeanPath.for_client(client) is None
+    assert LeanPath.for_client(redis.Redis()) is not None
 
 
 REDIS_KINDS = [

@@ -18,7 +18,16 @@ connection's parser is never used for these replies, so its buffer stays
 empty). Error replies become redis-py's exception classes, by redis-py's own
 table; connection errors and timeouts are raised as redis-py raises them. A
 connection that turns out to be closed (Redis restarted, or dropped an idle
-client) is replaced, and the commands are sent once more on the new one.
+client) before anything came back is replaced and the commands are sent once
+more on the new one; so are commands a server answered ``READONLY`` (a
+Sentinel failover demoted it). Any other failure or interruption closes the
+thread's connection, so no reply is ever read by the wrong call.
+
+What redis-py would do around these commands and this path does not: the
+client's ``retry`` policy, ``health_check_interval`` pings, credential
+re-authentication, and redis-py's command instrumentation (OpenTelemetry
+spans, metrics). Connections are made from the pool's class and settings but
+outside its accounting, one per thread, closed when the thread ends.
 
 It is used only where it is equivalent: a :class:`redis.Redis` (plain, or a
 Sentinel master client) on a :class:`redis.ConnectionPool`. Cluster clients
@@ -31,6 +40,7 @@ import os
 import socket
 import threading
 import typing as t
+import weakref
 
 import redis
 import redis.exceptions as rex
@@ -45,6 +55,7 @@ except ImportError:  # pragma: no cover - a redis-py without the parsers package
 #: Replies are read in chunks of this many bytes.
 _CHUNK = 65536
 _INCOMPLETE: t.Any = object()
+_PUSH: t.Any = object()
 #: Bumped in a forked child: connections made before the fork are not used.
 _generation = [0]
 os.register_at_fork(after_in_child=lambda: _generation.__setitem__(0, _generation[0] + 1))
@@ -93,6 +104,9 @@ def parse(data: bytes, position: int = 0) -> tuple[t.Any, int]:
         return line, after
     if kind == 45:  # - error
         return _parse_error(line.decode("utf-8", "replace")), after
+    if kind == 62:  # > push (RESP3: out-of-band, e.g. a server notice): not a reply
+        items, after = parse(data[:position] + b"*" + data[position + 1 :], position)
+        return (_INCOMPLETE, position) if items is _INCOMPLETE else (_PUSH, after)
     if kind == 95:  # _ null (RESP3)
         return None, after
     if kind == 35:  # # boolean (RESP3)
@@ -100,47 +114,103 @@ def parse(data: bytes, position: int = 0) -> tuple[t.Any, int]:
     raise rex.InvalidResponse(f"unexpected reply type {bytes([kind])!r}")
 
 
-def _receive(sock: socket.socket, count: int) -> list[t.Any]:
-    """Read ``count`` replies from ``sock`` (blocking; the socket's timeout)."""
-    data = sock.recv(_CHUNK)
-    position = 0
-    replies: list[t.Any] = []
-    while True:
-        value, after = parse(data, position)
-        if value is _INCOMPLETE:
-            chunk = sock.recv(_CHUNK)
-            if not chunk:
-                raise _Closed("connection closed by the server")
-            data = data[position:] + chunk
-            position = 0
-            continue
-        replies.append(value)
-        position = after
-        if len(replies) == count:
-            break
-    if position != len(data):
+class _Reader:
+    """Reads replies from a socket, keeping only the bytes not parsed yet.
+
+    A reply that is an array (``HGETALL``'s, a pipeline's script results) is
+    parsed element by element as its bytes arrive, so a large one costs one
+    pass, not one pass per read."""
+
+    __slots__ = ("data", "position", "received", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.data = b""
+        self.position = 0
+        self.received = 0
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(_CHUNK)
+        if not chunk:
+            raise _Closed("connection closed by the server")
+        self.received += len(chunk)
+        self.data = self.data[self.position :] + chunk
+        self.position = 0
+
+    def reply(self) -> t.Any:
+        """The next reply (push frames are skipped)."""
+        while True:
+            data, position = self.data, self.position
+            end = data.find(b"\r\n", position)
+            if end < 0:
+                self._fill()
+                continue
+            if data[position] in (42, 37):  # * array, % map: element by element
+                count = int(data[position + 1 : end]) * (2 if data[position] == 37 else 1)
+                self.position = end + 2
+                return None if count < 0 else self._elements(count)
+            value, after = parse(data, position)
+            if value is _INCOMPLETE:
+                self._fill()
+                continue
+            self.position = after
+            if value is not _PUSH:
+                return value
+
+    def _elements(self, count: int) -> list[t.Any]:
+        items: list[t.Any] = []
+        while len(items) < count:
+            value, after = parse(self.data, self.position)
+            if value is _INCOMPLETE:
+                self._fill()
+                continue
+            items.append(value)
+            self.position = after
+        return items
+
+
+def _receive(reader: _Reader, count: int) -> list[t.Any]:
+    """Read ``count`` replies (blocking; the socket's timeout)."""
+    replies = [reader.reply() for _ in range(count)]
+    if reader.position != len(reader.data):
         raise rex.InvalidResponse("more reply bytes than commands sent")
     return replies
+
+
+class _Held:
+    """A thread's connection. When the thread ends, its thread-local storage
+    goes and this with it; a finalizer then closes the connection."""
+
+    __slots__ = ("__weakref__", "connection", "generation")
+
+    def __init__(self, connection: t.Any) -> None:
+        self.connection = connection
+        self.generation = _generation[0]
 
 
 class LeanPath:
     """Commands sent on a connection per thread, replies parsed here.
 
-    :param pool: the client's connection pool (it makes the connections).
+    :param pool: the client's connection pool; connections are made from its
+        class and settings (outside its accounting: they are held per thread
+        and closed with the thread, not checked in and out).
     """
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self._pool = pool
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[t.Any] = []
+        #: Every live connection by its holder's id, for :meth:`close`.
+        self._live: dict[int, t.Any] = {}
 
     @classmethod
     def for_client(cls, client: t.Any) -> LeanPath | None:
         """A lean path for ``client``, or ``None`` where it would not be
-        equivalent (a cluster, a pool that is not redis-py's)."""
+        equivalent: a cluster, a pool that is not redis-py's, or client-side
+        caching (``cache_config``), which these commands would bypass."""
         pool = getattr(client, "connection_pool", None)
         if not isinstance(client, redis.Redis) or not isinstance(pool, redis.ConnectionPool):
+            return None
+        if getattr(pool, "cache", None) is not None:
             return None
         return cls(pool)
 
@@ -148,57 +218,73 @@ class LeanPath:
         """Send ``commands`` in one write (a pipeline when several) and return
         their replies in order, error replies as exception instances.
 
+        Sent once more, on a new connection, when the thread's connection
+        had been closed and nothing came back from it, or when the server
+        answered ``READONLY`` (a Sentinel failover demoted it; the new
+        connection asks Sentinel for the master).
+
         :raises redis.exceptions.ConnectionError: Redis cannot be reached.
         :raises redis.exceptions.TimeoutError: no reply within the socket timeout.
         """
         packed = b"".join(pack(command) for command in commands)
         try:
-            return self._round_trip(packed, len(commands), fresh=False)
-        except _Closed:  # a connection that had gone stale: it delivered nothing
+            replies = self._round_trip(packed, len(commands), fresh=False)
+        except _Closed:
             return self._round_trip(packed, len(commands), fresh=True)
+        if any(isinstance(reply, rex.ReadOnlyError) for reply in replies):
+            self._drop()  # a replica: nothing was written
+            return self._round_trip(packed, len(commands), fresh=True)
+        return replies
 
     def _round_trip(self, packed: bytes, count: int, fresh: bool) -> list[t.Any]:
-        local = self._local
-        connection: t.Any = getattr(local, "connection", None)
-        if fresh or connection is None or connection._sock is None or local.generation != _generation[0]:
-            connection = local.connection = t.cast("t.Any", self._pool.make_connection())
-            local.generation = _generation[0]
-            with self._lock:
-                self._connections.append(connection)
+        held: _Held | None = getattr(self._local, "held", None)
+        if fresh or held is None or held.connection._sock is None or held.generation != _generation[0]:
+            held = self._connect()
             fresh = True
+        connection = held.connection
+        reader = _Reader(connection._sock)
         try:
-            if fresh:
-                connection.connect()  # as the pool does: a Sentinel connection asks for the master here
             connection.send_packed_command([packed], check_health=False)
-            return _receive(connection._sock, count)
+            return _receive(reader, count)
         except (TimeoutError, rex.TimeoutError) as exc:
-            self._drop(connection)
+            self._drop()
             if isinstance(exc, rex.TimeoutError):
                 raise
             raise rex.TimeoutError("timeout reading from Redis") from exc
         except (_Closed, OSError, rex.ConnectionError) as exc:
-            self._drop(connection)
-            if not fresh:  # it worked before: closed while idle, most likely
+            self._drop()
+            if not fresh and reader.received == 0:  # worked before, closed while idle: nothing ran
                 raise _Closed from exc
             if isinstance(exc, rex.ConnectionError):
                 raise
             raise rex.ConnectionError(f"error talking to Redis: {exc}") from exc
-        except rex.InvalidResponse:
-            self._drop(connection)
+        except BaseException:
+            self._drop()  # interrupted mid-reply: the rest must not be read as the next reply
             raise
 
-    def _drop(self, connection: t.Any) -> None:
-        """Forget this thread's connection after an error (its stream may be
-        mid-reply)."""
+    def _connect(self) -> _Held:
+        pool = self._pool
+        connection = pool.connection_class(**pool.connection_kwargs)
+        connection.connect()  # as the pool does: a Sentinel connection asks for the master here
+        held = self._local.held = _Held(connection)
+        self._live[id(held)] = connection
+        weakref.finalize(held, self._closed, id(held), connection)
+        return held
+
+    def _closed(self, key: int, connection: t.Any) -> None:
+        self._live.pop(key, None)
         connection.disconnect()
-        self._local.connection = None
-        with self._lock:
-            if connection in self._connections:
-                self._connections.remove(connection)
+
+    def _drop(self) -> None:
+        """Close this thread's connection after an error (its stream may be
+        mid-reply); the next call makes a new one."""
+        held = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None:
+            self._closed(id(held), held.connection)
 
     def close(self) -> None:
         """Disconnect every connection this path made (in every thread)."""
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for connection in connections:
+        for connection in list(self._live.values()):
             connection.disconnect()
+        self._live.clear()
