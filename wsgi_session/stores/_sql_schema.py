@@ -55,14 +55,19 @@ def insert_row(record: SessionRecord) -> dict[str, t.Any]:
     return {"id": record.id, "created": record.created, **row_values(record)}
 
 
-def guarded_update(table: sa.Table, record: SessionRecord, expected_version: int) -> Update:
-    """``UPDATE`` writing ``record`` over its row only if the row is still at
-    ``expected_version`` (rowcount 1 when it was)."""
-    return (
-        sa.update(table)
-        .where(table.c.id == record.id, table.c.version == expected_version)
-        .values(row_values(record))
+def guarded_update(table: sa.Table) -> Update:
+    """``UPDATE`` of a row only if it is still at the version the writer
+    read (rowcount 1 when it was); executed with :func:`guarded_update_params`,
+    whose keys make the ``SET`` clause. Built once per store, so SQLAlchemy
+    builds and compiles it once, not on every write."""
+    return sa.update(table).where(
+        table.c.id == sa.bindparam("match_id"), table.c.version == sa.bindparam("match_version")
     )
+
+
+def guarded_update_params(record: SessionRecord, expected_version: int) -> dict[str, t.Any]:
+    """The parameters writing ``record`` over its row at ``expected_version``."""
+    return {"match_id": record.id, "match_version": expected_version, **row_values(record)}
 
 
 def row_values(record: SessionRecord) -> dict[str, t.Any]:
