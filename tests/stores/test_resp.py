@@ -118,15 +118,73 @@ def test_replies_equal_redis_py_s(client: redis.Redis) -> None:
         lean.close()
 
 
+def fault_once(
+    monkeypatch: pytest.MonkeyPatch, fault: t.Callable[[_Reader, list[t.Any]], list[t.Any]]
+) -> None:
+    """Fault injection: the next round trip reads its replies for real, then
+    ``fault(reader, replies)`` decides what the caller gets (or raises)."""
+    real_receive = _resp._receive
+
+    def faulty(reader: _Reader, count: int) -> list[t.Any]:
+        monkeypatch.setattr(_resp, "_receive", real_receive)
+        return fault(reader, real_receive(reader, count))
+
+    monkeypatch.setattr(_resp, "_receive", faulty)
+
+
 @pytest.mark.redis
-def test_a_connection_killed_by_the_server_is_replaced_transparently(redis_client: t.Any) -> None:
+def test_a_read_on_a_connection_killed_by_the_server_is_sent_again(redis_client: t.Any) -> None:
     lean = LeanPath(redis_client.connection_pool)
+    redis_client.hset(b"review:h", b"f", b"1")
     try:
         [first] = lean.call([(b"CLIENT", b"ID")])
         assert redis_client.client_kill_filter(_id=first) == 1
+        assert lean.call([(b"HGET", b"review:h", b"f")]) == [b"1"]
         [second] = lean.call([(b"CLIENT", b"ID")])
         assert second != first
+    finally:
+        redis_client.delete(b"review:h")
+        lean.close()
+
+
+@pytest.mark.redis
+def test_a_write_is_never_sent_twice_but_an_idle_closed_connection_is_replaced_first(
+    redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lean = LeanPath(redis_client.connection_pool)
+    incr = (b"INCR", b"review:n")
+    try:
+        [first] = lean.call([(b"CLIENT", b"ID")])
+        redis_client.client_kill_filter(_id=first)
+        with pytest.raises(redis.ConnectionError):  # it may have run: an outage, not a retry
+            lean.call([incr])
+        assert lean.call([incr]) == [1]  # a new connection; the failed write never ran
+        [second] = lean.call([(b"CLIENT", b"ID")])
+        redis_client.client_kill_filter(_id=second)
+        monkeypatch.setattr(_resp, "_IDLE_CHECK", 0.0)  # as if a second had passed
+        assert lean.call([incr]) == [2]  # the close was seen before writing
+    finally:
+        redis_client.delete(b"review:n")
+        lean.close()
+
+
+@pytest.mark.redis
+def test_bytes_after_the_last_reply_keep_the_replies_but_not_the_connection(
+    redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: a server notice arriving behind the reply.
+    lean = LeanPath(redis_client.connection_pool)
+
+    def with_a_notice_behind(reader: _Reader, replies: list[t.Any]) -> list[t.Any]:
+        reader.data += b">2\r\n$7\r\nMOVING\r\n:1\r\n"
+        return replies
+
+    try:
+        [before] = lean.call([(b"CLIENT", b"ID")])
+        fault_once(monkeypatch, with_a_notice_behind)
         assert lean.call([(b"PING",)]) == [b"PONG"]
+        [after] = lean.call([(b"CLIENT", b"ID")])
+        assert after != before
     finally:
         lean.close()
 
@@ -175,19 +233,20 @@ def test_a_forked_child_never_uses_its_parent_s_connection(redis_client: t.Any) 
 def test_a_read_interrupted_mid_reply_never_hands_its_reply_to_the_next_call(
     redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Fault injection: the first read is interrupted after the command went
-    # out (as a timeout signal or gevent.Timeout would), its reply unread.
+    # Fault injection: the read is interrupted (as a timeout signal or
+    # gevent.Timeout would) with the reply still unread.
     lean = LeanPath(redis_client.connection_pool)
     redis_client.set(b"review:a", b"111")
     redis_client.set(b"review:b", b"222")
+
     real_receive = _resp._receive
 
     def interrupted(reader: _Reader, count: int) -> list[t.Any]:
         monkeypatch.setattr(_resp, "_receive", real_receive)
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # before reading: the reply stays in the socket
 
-    monkeypatch.setattr(_resp, "_receive", interrupted)
     try:
+        monkeypatch.setattr(_resp, "_receive", interrupted)
         with pytest.raises(KeyboardInterrupt):
             lean.call([(b"GET", b"review:a")])
         assert lean.call([(b"GET", b"review:b")]) == [b"222"]
@@ -197,26 +256,19 @@ def test_a_read_interrupted_mid_reply_never_hands_its_reply_to_the_next_call(
 
 
 @pytest.mark.redis
-def test_a_readonly_answer_is_sent_again_on_a_new_connection(
+def test_only_the_commands_answered_readonly_are_sent_again(
     redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Fault injection: the first answer is a replica's READONLY (a failover
-    # demoted the server); a real one needs a replica and a failover.
+    # Fault injection: the second command's answer is a replica's READONLY
+    # (a failover demoted the server); a real one needs a replica and a failover.
     lean = LeanPath(redis_client.connection_pool)
-    [before] = lean.call([(b"CLIENT", b"ID")])
-    real_receive = _resp._receive
-
-    def from_a_replica(reader: _Reader, count: int) -> list[t.Any]:
-        real_receive(reader, count)
-        monkeypatch.setattr(_resp, "_receive", real_receive)
-        return [rex.ReadOnlyError("You can't write against a read only replica.")]
-
-    monkeypatch.setattr(_resp, "_receive", from_a_replica)
+    readonly = rex.ReadOnlyError("You can't write against a read only replica.")
     try:
-        [after] = lean.call([(b"CLIENT", b"ID")])
-        assert isinstance(after, int)
-        assert after != before
+        fault_once(monkeypatch, lambda reader, replies: [replies[0], readonly])
+        assert lean.call([(b"INCR", b"review:c"), (b"INCR", b"review:d")]) == [1, 2]
+        assert redis_client.get(b"review:c") == b"1"  # ran once: not sent again
     finally:
+        redis_client.delete(b"review:c", b"review:d")
         lean.close()
 
 

@@ -16,12 +16,14 @@ connection's own ``send_packed_command`` and reads the replies straight from
 its socket, in RESP2 or RESP3, whichever the connection agreed (the
 connection's parser is never used for these replies, so its buffer stays
 empty). Error replies become redis-py's exception classes, by redis-py's own
-table; connection errors and timeouts are raised as redis-py raises them. A
-connection that turns out to be closed (Redis restarted, or dropped an idle
-client) before anything came back is replaced and the commands are sent once
-more on the new one; so are commands a server answered ``READONLY`` (a
-Sentinel failover demoted it). Any other failure or interruption closes the
-thread's connection, so no reply is ever read by the wrong call.
+table; connection errors and timeouts are raised as redis-py raises them.
+Nothing that may have run is sent twice: a connection idle for a second is
+first checked for a close (Redis restarted, or dropped an idle client) and
+replaced; reads (``HGET``, ``HGETALL``) that find their connection closed
+are sent again on a new one; commands a server answered ``READONLY`` (a
+Sentinel failover demoted it; they did nothing) are sent again, alone, on a
+new connection. Any other failure or interruption closes the thread's
+connection, so no reply is ever read by the wrong call.
 
 What redis-py would do around these commands and this path does not: the
 client's ``retry`` policy, ``health_check_interval`` pings, credential
@@ -37,8 +39,10 @@ take redis-py's path.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
+import time
 import typing as t
 import weakref
 
@@ -55,7 +59,9 @@ except ImportError:  # pragma: no cover - a redis-py without the parsers package
 #: Replies are read in chunks of this many bytes.
 _CHUNK = 65536
 _INCOMPLETE: t.Any = object()
-_PUSH: t.Any = object()
+#: A connection idle this long (seconds) is checked for a close or stray
+#: bytes from the server before it is written to.
+_IDLE_CHECK = 1.0
 #: Bumped in a forked child: connections made before the fork are not used.
 _generation = [0]
 os.register_at_fork(after_in_child=lambda: _generation.__setitem__(0, _generation[0] + 1))
@@ -89,7 +95,7 @@ def parse(data: bytes, position: int = 0) -> tuple[t.Any, int]:
         return data[after : after + size], after + size + 2
     if kind == 58:  # : integer
         return int(line), after
-    if kind in (42, 37, 126):  # * array, % map (RESP3: its keys and values, flat), ~ set
+    if kind in (42, 37, 126, 62):  # * array, % map (RESP3: keys and values, flat), ~ set, > push
         count = int(line) * (2 if kind == 37 else 1)
         if count < 0:
             return None, after
@@ -104,9 +110,6 @@ def parse(data: bytes, position: int = 0) -> tuple[t.Any, int]:
         return line, after
     if kind == 45:  # - error
         return _parse_error(line.decode("utf-8", "replace")), after
-    if kind == 62:  # > push (RESP3: out-of-band, e.g. a server notice): not a reply
-        items, after = parse(data[:position] + b"*" + data[position + 1 :], position)
-        return (_INCOMPLETE, position) if items is _INCOMPLETE else (_PUSH, after)
     if kind == 95:  # _ null (RESP3)
         return None, after
     if kind == 35:  # # boolean (RESP3)
@@ -130,7 +133,8 @@ class _Reader:
         self.received = 0
 
     def _fill(self) -> None:
-        chunk = self.sock.recv(_CHUNK)
+        # Ask for as much as is buffered so far: a large reply takes fewer reads (and copies).
+        chunk = self.sock.recv(max(_CHUNK, len(self.data) - self.position))
         if not chunk:
             raise _Closed("connection closed by the server")
         self.received += len(chunk)
@@ -138,24 +142,27 @@ class _Reader:
         self.position = 0
 
     def reply(self) -> t.Any:
-        """The next reply (push frames are skipped)."""
+        """The next reply (push frames, out-of-band server notices, are skipped)."""
         while True:
             data, position = self.data, self.position
             end = data.find(b"\r\n", position)
             if end < 0:
                 self._fill()
                 continue
-            if data[position] in (42, 37):  # * array, % map: element by element
-                count = int(data[position + 1 : end]) * (2 if data[position] == 37 else 1)
+            kind = data[position]
+            if kind in (42, 37, 62):  # * array, % map, > push: element by element
+                count = int(data[position + 1 : end]) * (2 if kind == 37 else 1)
                 self.position = end + 2
-                return None if count < 0 else self._elements(count)
+                items = None if count < 0 else self._elements(count)
+                if kind == 62:
+                    continue
+                return items
             value, after = parse(data, position)
             if value is _INCOMPLETE:
                 self._fill()
                 continue
             self.position = after
-            if value is not _PUSH:
-                return value
+            return value
 
     def _elements(self, count: int) -> list[t.Any]:
         items: list[t.Any] = []
@@ -171,21 +178,40 @@ class _Reader:
 
 def _receive(reader: _Reader, count: int) -> list[t.Any]:
     """Read ``count`` replies (blocking; the socket's timeout)."""
-    replies = [reader.reply() for _ in range(count)]
-    if reader.position != len(reader.data):
-        raise rex.InvalidResponse("more reply bytes than commands sent")
-    return replies
+    try:
+        return [reader.reply() for _ in range(count)]
+    except ValueError as exc:  # a length that is not a number: the stream is garbage
+        raise rex.InvalidResponse(f"unreadable reply from Redis: {exc}") from exc
 
 
 class _Held:
     """A thread's connection. When the thread ends, its thread-local storage
     goes and this with it; a finalizer then closes the connection."""
 
-    __slots__ = ("__weakref__", "connection", "generation")
+    __slots__ = ("__weakref__", "connection", "generation", "used")
 
     def __init__(self, connection: t.Any) -> None:
         self.connection = connection
         self.generation = _generation[0]
+        self.used = time.monotonic()
+
+
+def _close(live: dict[int, t.Any], key: int, connection: t.Any) -> None:
+    """Forget and disconnect one connection (a finalizer: holds no store)."""
+    live.pop(key, None)
+    connection.disconnect()
+
+
+def _has_news(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read: the server closed
+    it, or sent what no command asked for. Either way it is not used."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+_READS = (b"HGET", b"HGETALL")
 
 
 class LeanPath:
@@ -218,42 +244,53 @@ class LeanPath:
         """Send ``commands`` in one write (a pipeline when several) and return
         their replies in order, error replies as exception instances.
 
-        Sent once more, on a new connection, when the thread's connection
-        had been closed and nothing came back from it, or when the server
-        answered ``READONLY`` (a Sentinel failover demoted it; the new
-        connection asks Sentinel for the master).
+        Nothing that may have run is sent twice. Reads (``HGET``,
+        ``HGETALL``) are sent again on a new connection when the thread's
+        connection turns out to be closed; commands a server answered
+        ``READONLY`` (a failover demoted it: they did nothing) are sent again,
+        alone, on a new connection, which asks Sentinel for the master.
 
-        :raises redis.exceptions.ConnectionError: Redis cannot be reached.
+        :raises redis.exceptions.ConnectionError: Redis cannot be reached, or
+            the connection broke before the replies came back.
         :raises redis.exceptions.TimeoutError: no reply within the socket timeout.
         """
         packed = b"".join(pack(command) for command in commands)
+        reads_only = all(command[0] in _READS for command in commands)
         try:
-            replies = self._round_trip(packed, len(commands), fresh=False)
+            replies = self._round_trip(packed, len(commands), fresh=False, retryable=reads_only)
         except _Closed:
-            return self._round_trip(packed, len(commands), fresh=True)
-        if any(isinstance(reply, rex.ReadOnlyError) for reply in replies):
-            self._drop()  # a replica: nothing was written
-            return self._round_trip(packed, len(commands), fresh=True)
+            return self._round_trip(packed, len(commands), fresh=True, retryable=False)
+        demoted = [index for index, reply in enumerate(replies) if isinstance(reply, rex.ReadOnlyError)]
+        if demoted:
+            self._drop()
+            again = b"".join(pack(commands[index]) for index in demoted)
+            for index, reply in zip(demoted, self._round_trip(again, len(demoted), True, False), strict=True):
+                replies[index] = reply
         return replies
 
-    def _round_trip(self, packed: bytes, count: int, fresh: bool) -> list[t.Any]:
+    def _round_trip(self, packed: bytes, count: int, fresh: bool, retryable: bool) -> list[t.Any]:
         held: _Held | None = getattr(self._local, "held", None)
-        if fresh or held is None or held.connection._sock is None or held.generation != _generation[0]:
+        if (
+            fresh
+            or held is None
+            or held.connection._sock is None
+            or held.generation != _generation[0]
+            or (time.monotonic() - held.used > _IDLE_CHECK and _has_news(held.connection._sock))
+        ):
             held = self._connect()
-            fresh = True
         connection = held.connection
         reader = _Reader(connection._sock)
         try:
             connection.send_packed_command([packed], check_health=False)
-            return _receive(reader, count)
+            replies = _receive(reader, count)
         except (TimeoutError, rex.TimeoutError) as exc:
             self._drop()
             if isinstance(exc, rex.TimeoutError):
                 raise
             raise rex.TimeoutError("timeout reading from Redis") from exc
-        except (_Closed, OSError, rex.ConnectionError) as exc:
+        except (_Closed, OSError, rex.ConnectionError, rex.InvalidResponse) as exc:
             self._drop()
-            if not fresh and reader.received == 0:  # worked before, closed while idle: nothing ran
+            if retryable and reader.received == 0:  # reads on a connection closed under us
                 raise _Closed from exc
             if isinstance(exc, rex.ConnectionError):
                 raise
@@ -261,6 +298,11 @@ class LeanPath:
         except BaseException:
             self._drop()  # interrupted mid-reply: the rest must not be read as the next reply
             raise
+        if reader.position != len(reader.data):
+            self._drop()  # bytes no command asked for (a notice): the replies stand, the stream does not
+        else:
+            held.used = time.monotonic()
+        return replies
 
     def _connect(self) -> _Held:
         pool = self._pool
@@ -268,12 +310,8 @@ class LeanPath:
         connection.connect()  # as the pool does: a Sentinel connection asks for the master here
         held = self._local.held = _Held(connection)
         self._live[id(held)] = connection
-        weakref.finalize(held, self._closed, id(held), connection)
+        weakref.finalize(held, _close, self._live, id(held), connection)
         return held
-
-    def _closed(self, key: int, connection: t.Any) -> None:
-        self._live.pop(key, None)
-        connection.disconnect()
 
     def _drop(self) -> None:
         """Close this thread's connection after an error (its stream may be
@@ -281,10 +319,13 @@ class LeanPath:
         held = getattr(self._local, "held", None)
         self._local.held = None
         if held is not None:
-            self._closed(id(held), held.connection)
+            _close(self._live, id(held), held.connection)
 
     def close(self) -> None:
         """Disconnect every connection this path made (in every thread)."""
-        for connection in list(self._live.values()):
+        while True:
+            try:
+                _key, connection = self._live.popitem()
+            except KeyError:  # empty (a finalizer may have taken the last one)
+                return
             connection.disconnect()
-        self._live.clear()
