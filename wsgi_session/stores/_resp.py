@@ -179,7 +179,7 @@ class _Reader:
 def _receive(reader: _Reader, count: int) -> list[t.Any]:
     """Read ``count`` replies (blocking; the socket's timeout)."""
     try:
-        return [reader.reply() for _ in range(count)]
+        return [reader.reply()] if count == 1 else [reader.reply() for _ in range(count)]
     except ValueError as exc:  # a length that is not a number: the stream is garbage
         raise rex.InvalidResponse(f"unreadable reply from Redis: {exc}") from exc
 
@@ -254,21 +254,28 @@ class LeanPath:
             the connection broke before the replies came back.
         :raises redis.exceptions.TimeoutError: no reply within the socket timeout.
         """
-        packed = b"".join(pack(command) for command in commands)
-        reads_only = all(command[0] in _READS for command in commands)
+        packed = pack(commands[0]) if len(commands) == 1 else b"".join([pack(c) for c in commands])
         try:
-            replies = self._round_trip(packed, len(commands), fresh=False, retryable=reads_only)
-        except _Closed:
-            return self._round_trip(packed, len(commands), fresh=True, retryable=False)
-        demoted = [index for index, reply in enumerate(replies) if isinstance(reply, rex.ReadOnlyError)]
-        if demoted:
-            self._drop()
-            again = b"".join(pack(commands[index]) for index in demoted)
-            for index, reply in zip(demoted, self._round_trip(again, len(demoted), True, False), strict=True):
-                replies[index] = reply
+            replies = self._round_trip(packed, len(commands), fresh=False)
+        except _Closed as closed:
+            if not all(command[0] in _READS for command in commands):  # a write may have run
+                raise rex.ConnectionError("the connection to Redis closed before the reply") from closed
+            return self._round_trip(packed, len(commands), fresh=True)
+        for reply in replies:
+            if isinstance(reply, rex.ReadOnlyError):
+                return self._resend_demoted(commands, replies)
         return replies
 
-    def _round_trip(self, packed: bytes, count: int, fresh: bool, retryable: bool) -> list[t.Any]:
+    def _resend_demoted(self, commands: t.Sequence[t.Sequence[bytes]], replies: list[t.Any]) -> list[t.Any]:
+        """Send the commands answered ``READONLY`` again on a new connection."""
+        self._drop()
+        demoted = [index for index, reply in enumerate(replies) if isinstance(reply, rex.ReadOnlyError)]
+        again = b"".join([pack(commands[index]) for index in demoted])
+        for index, reply in zip(demoted, self._round_trip(again, len(demoted), fresh=True), strict=True):
+            replies[index] = reply
+        return replies
+
+    def _round_trip(self, packed: bytes, count: int, fresh: bool) -> list[t.Any]:
         held: _Held | None = getattr(self._local, "held", None)
         if (
             fresh
@@ -290,7 +297,7 @@ class LeanPath:
             raise rex.TimeoutError("timeout reading from Redis") from exc
         except (_Closed, OSError, rex.ConnectionError, rex.InvalidResponse) as exc:
             self._drop()
-            if retryable and reader.received == 0:  # reads on a connection closed under us
+            if not fresh and reader.received == 0:  # closed under us: the caller decides
                 raise _Closed from exc
             if isinstance(exc, rex.ConnectionError):
                 raise
