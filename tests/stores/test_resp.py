@@ -118,87 +118,121 @@ def test_replies_equal_redis_py_s(client: redis.Redis) -> None:
         lean.close()
 
 
+@pytest.fixture
+def lean(redis_client: t.Any) -> t.Iterator[LeanPath]:
+    """A lean path on the suite's Redis; its connections and the test's
+    ``review:*`` keys are gone afterwards."""
+    path = LeanPath(redis_client.connection_pool)
+    yield path
+    path.close()
+    for key in redis_client.scan_iter(match=b"review:*"):
+        redis_client.delete(key)
+
+
+def client_id(lean: LeanPath) -> int:
+    """The server's id of this thread's lean connection."""
+    return int(lean.call([(b"CLIENT", b"ID")])[0])
+
+
 def fault_once(
-    monkeypatch: pytest.MonkeyPatch, fault: t.Callable[[_Reader, list[t.Any]], list[t.Any]]
+    monkeypatch: pytest.MonkeyPatch,
+    fault: t.Callable[[_Reader, list[t.Any] | None], list[t.Any]],
+    read_first: bool = True,
 ) -> None:
-    """Fault injection: the next round trip reads its replies for real, then
+    """Fault injection: the next round trip reads its replies for real (or,
+    with ``read_first=False``, leaves them in the socket), then
     ``fault(reader, replies)`` decides what the caller gets (or raises)."""
     real_receive = _resp._receive
 
     def faulty(reader: _Reader, count: int) -> list[t.Any]:
         monkeypatch.setattr(_resp, "_receive", real_receive)
-        return fault(reader, real_receive(reader, count))
+        return fault(reader, real_receive(reader, count) if read_first else None)
 
     monkeypatch.setattr(_resp, "_receive", faulty)
 
 
 @pytest.mark.redis
-def test_a_read_on_a_connection_killed_by_the_server_is_sent_again(redis_client: t.Any) -> None:
-    lean = LeanPath(redis_client.connection_pool)
+def test_a_read_on_a_connection_killed_by_the_server_is_sent_again(
+    lean: LeanPath, redis_client: t.Any
+) -> None:
     redis_client.hset(b"review:h", b"f", b"1")
-    try:
-        [first] = lean.call([(b"CLIENT", b"ID")])
-        assert redis_client.client_kill_filter(_id=first) == 1
-        assert lean.call([(b"HGET", b"review:h", b"f")]) == [b"1"]
-        [second] = lean.call([(b"CLIENT", b"ID")])
-        assert second != first
-    finally:
-        redis_client.delete(b"review:h")
-        lean.close()
+    first = client_id(lean)
+    assert redis_client.client_kill_filter(_id=first) == 1
+    assert lean.call([(b"HGET", b"review:h", b"f")]) == [b"1"]
+    second = client_id(lean)
+    assert second != first
 
 
 @pytest.mark.redis
 def test_a_write_is_never_sent_twice_but_an_idle_closed_connection_is_replaced_first(
-    redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
+    lean: LeanPath, redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lean = LeanPath(redis_client.connection_pool)
     incr = (b"INCR", b"review:n")
-    try:
-        [first] = lean.call([(b"CLIENT", b"ID")])
-        redis_client.client_kill_filter(_id=first)
-        with pytest.raises(redis.ConnectionError):  # it may have run: an outage, not a retry
-            lean.call([incr])
-        assert lean.call([incr]) == [1]  # a new connection; the failed write never ran
-        [second] = lean.call([(b"CLIENT", b"ID")])
-        redis_client.client_kill_filter(_id=second)
-        monkeypatch.setattr(_resp, "_IDLE_CHECK", 0.0)  # as if a second had passed
-        assert lean.call([incr]) == [2]  # the close was seen before writing
-    finally:
-        redis_client.delete(b"review:n")
-        lean.close()
+    first = client_id(lean)
+    redis_client.client_kill_filter(_id=first)
+    with pytest.raises(redis.ConnectionError):  # it may have run: an outage, not a retry
+        lean.call([incr])
+    assert lean.call([incr]) == [1]  # a new connection; the failed write never ran
+    second = client_id(lean)
+    redis_client.client_kill_filter(_id=second)
+    monkeypatch.setattr(_resp, "_IDLE_CHECK", 0.0)  # as if a second had passed
+    assert lean.call([incr]) == [2]  # the close was seen before writing
 
 
 @pytest.mark.redis
 def test_bytes_after_the_last_reply_keep_the_replies_but_not_the_connection(
-    redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
+    lean: LeanPath, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Fault injection: a server notice arriving behind the reply.
-    lean = LeanPath(redis_client.connection_pool)
-
-    def with_a_notice_behind(reader: _Reader, replies: list[t.Any]) -> list[t.Any]:
-        reader.data += b">2\r\n$7\r\nMOVING\r\n:1\r\n"
+    def with_a_notice_behind(reader: _Reader, replies: list[t.Any] | None) -> list[t.Any]:
+        reader.data += b">2\r\n$7\r\nMOVING\r\n:1\r\n"  # a server notice behind the reply
+        assert replies is not None
         return replies
 
-    try:
-        [before] = lean.call([(b"CLIENT", b"ID")])
-        fault_once(monkeypatch, with_a_notice_behind)
-        assert lean.call([(b"PING",)]) == [b"PONG"]
-        [after] = lean.call([(b"CLIENT", b"ID")])
-        assert after != before
-    finally:
-        lean.close()
+    before = client_id(lean)
+    fault_once(monkeypatch, with_a_notice_behind)
+    assert lean.call([(b"PING",)]) == [b"PONG"]
+    after = client_id(lean)
+    assert after != before
+
+
+@pytest.mark.redis
+def test_a_read_interrupted_mid_reply_never_hands_its_reply_to_the_next_call(
+    lean: LeanPath, redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis_client.set(b"review:a", b"111")
+    redis_client.set(b"review:b", b"222")
+
+    def interrupted(reader: _Reader, replies: list[t.Any] | None) -> list[t.Any]:
+        raise KeyboardInterrupt  # as a timeout signal or gevent.Timeout would
+
+    fault_once(monkeypatch, interrupted, read_first=False)  # the reply stays in the socket
+    with pytest.raises(KeyboardInterrupt):
+        lean.call([(b"GET", b"review:a")])
+    assert lean.call([(b"GET", b"review:b")]) == [b"222"]
+
+
+@pytest.mark.redis
+def test_only_the_commands_answered_readonly_are_sent_again(
+    lean: LeanPath, redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second answer becomes a replica's READONLY (a failover demoted the
+    # server); a real one needs a replica and a failover.
+    readonly = rex.ReadOnlyError("You can't write against a read only replica.")
+    fault_once(monkeypatch, lambda reader, replies: [replies[0], readonly] if replies else [])
+    assert lean.call([(b"INCR", b"review:c"), (b"INCR", b"review:d")]) == [1, 2]
+    assert redis_client.get(b"review:c") == b"1"  # ran once: not sent again
 
 
 @pytest.mark.redis
 def test_each_thread_has_its_own_connection_and_close_ends_them_all(redis_client: t.Any) -> None:
     lean = LeanPath(redis_client.connection_pool)
     ids: list[int] = []
-    threads = [threading.Thread(target=lambda: ids.extend(lean.call([(b"CLIENT", b"ID")]))) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: ids.append(client_id(lean))) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    ids += lean.call([(b"CLIENT", b"ID")])
+    ids.append(client_id(lean))
     assert len(set(ids)) == 4
     lean.close()
     alive = {int(entry["id"]) for entry in redis_client.client_list()}
@@ -207,69 +241,22 @@ def test_each_thread_has_its_own_connection_and_close_ends_them_all(redis_client
 
 @pytest.mark.redis
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_never_uses_its_parent_s_connection(redis_client: t.Any) -> None:
-    lean = LeanPath(redis_client.connection_pool)
-    try:
-        [parent] = lean.call([(b"CLIENT", b"ID")])
-        reader, writer = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report its connection's id, never return into pytest
-            try:
-                [child] = lean.call([(b"CLIENT", b"ID")])
-                os.write(writer, str(child).encode())
-            finally:
-                os._exit(0)
-        os.close(writer)
-        os.waitpid(pid, 0)
-        child_id = int(os.read(reader, 64))
-        os.close(reader)
-        assert child_id != parent
-        assert lean.call([(b"CLIENT", b"ID")]) == [parent]  # the parent's connection survived the child
-    finally:
-        lean.close()
-
-
-@pytest.mark.redis
-def test_a_read_interrupted_mid_reply_never_hands_its_reply_to_the_next_call(
-    redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Fault injection: the read is interrupted (as a timeout signal or
-    # gevent.Timeout would) with the reply still unread.
-    lean = LeanPath(redis_client.connection_pool)
-    redis_client.set(b"review:a", b"111")
-    redis_client.set(b"review:b", b"222")
-
-    real_receive = _resp._receive
-
-    def interrupted(reader: _Reader, count: int) -> list[t.Any]:
-        monkeypatch.setattr(_resp, "_receive", real_receive)
-        raise KeyboardInterrupt  # before reading: the reply stays in the socket
-
-    try:
-        monkeypatch.setattr(_resp, "_receive", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            lean.call([(b"GET", b"review:a")])
-        assert lean.call([(b"GET", b"review:b")]) == [b"222"]
-    finally:
-        redis_client.delete(b"review:a", b"review:b")
-        lean.close()
-
-
-@pytest.mark.redis
-def test_only_the_commands_answered_readonly_are_sent_again(
-    redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Fault injection: the second command's answer is a replica's READONLY
-    # (a failover demoted the server); a real one needs a replica and a failover.
-    lean = LeanPath(redis_client.connection_pool)
-    readonly = rex.ReadOnlyError("You can't write against a read only replica.")
-    try:
-        fault_once(monkeypatch, lambda reader, replies: [replies[0], readonly])
-        assert lean.call([(b"INCR", b"review:c"), (b"INCR", b"review:d")]) == [1, 2]
-        assert redis_client.get(b"review:c") == b"1"  # ran once: not sent again
-    finally:
-        redis_client.delete(b"review:c", b"review:d")
-        lean.close()
+def test_a_forked_child_never_uses_its_parent_s_connection(lean: LeanPath) -> None:
+    parent = client_id(lean)
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its connection's id, never return into pytest
+        try:
+            child = client_id(lean)
+            os.write(writer, str(child).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    os.waitpid(pid, 0)
+    child_id = int(os.read(reader, 64))
+    os.close(reader)
+    assert child_id != parent
+    assert client_id(lean) == parent  # the parent's connection survived the child
 
 
 @pytest.mark.redis
@@ -280,7 +267,7 @@ def test_connections_close_with_their_threads_and_stay_out_of_the_pool_s_count(r
     ids: list[int] = []
     try:
         for _ in range(5):  # more threads than max_connections, one after another
-            thread = threading.Thread(target=lambda: ids.extend(lean.call([(b"CLIENT", b"ID")])))
+            thread = threading.Thread(target=lambda: ids.append(client_id(lean)))
             thread.start()
             thread.join()
         gc.collect()

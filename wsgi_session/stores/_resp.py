@@ -81,7 +81,8 @@ def parse(data: bytes, position: int = 0) -> tuple[t.Any, int]:
     reply starts; the value is :data:`_INCOMPLETE` if ``data`` ends first.
     Bulk strings stay bytes, ``nil`` is ``None``, an error reply is the
     redis-py exception instance it means. RESP2, and the RESP3 types these
-    commands can answer (null, boolean, a map as its flat key-value list)."""
+    commands can answer (null, boolean, a map as its flat key-value list);
+    push frames, which only come at the top level, are :class:`_Reader`'s."""
     end = data.find(b"\r\n", position)
     if end < 0:
         return _INCOMPLETE, position
@@ -95,7 +96,7 @@ def parse(data: bytes, position: int = 0) -> tuple[t.Any, int]:
         return data[after : after + size], after + size + 2
     if kind == 58:  # : integer
         return int(line), after
-    if kind in (42, 37, 126, 62):  # * array, % map (RESP3: keys and values, flat), ~ set, > push
+    if kind in (42, 37, 126):  # * array, % map (RESP3: keys and values, flat), ~ set
         count = int(line) * (2 if kind == 37 else 1)
         if count < 0:
             return None, after
@@ -277,14 +278,16 @@ class LeanPath:
 
     def _round_trip(self, packed: bytes, count: int, fresh: bool) -> list[t.Any]:
         held: _Held | None = getattr(self._local, "held", None)
+        now = time.monotonic()
         if (
             fresh
             or held is None
             or held.connection._sock is None
             or held.generation != _generation[0]
-            or (time.monotonic() - held.used > _IDLE_CHECK and _has_news(held.connection._sock))
+            or (now - held.used > _IDLE_CHECK and _has_news(held.connection._sock))
         ):
             held = self._connect()
+            fresh = True
         connection = held.connection
         reader = _Reader(connection._sock)
         try:
@@ -308,7 +311,7 @@ class LeanPath:
         if reader.position != len(reader.data):
             self._drop()  # bytes no command asked for (a notice): the replies stand, the stream does not
         else:
-            held.used = time.monotonic()
+            held.used = now
         return replies
 
     def _connect(self) -> _Held:

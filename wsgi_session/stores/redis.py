@@ -116,9 +116,10 @@ class RedisStore(Store):
     command machinery on a plain or Sentinel client (:attr:`lean`; see
     :mod:`wsgi_session.stores._resp`): a third of the CPU per round trip.
     They use the client's connection settings but not its ``retry`` policy:
-    a connection found closed is replaced and the commands sent once more,
-    and any other connection error is an outage at once (answered by the
-    outage policy; background writes are retried by the flusher). The other
+    a connection is checked for a close before a write after a second idle,
+    reads that find it closed are sent again, a write never is, and any
+    other connection error is an outage at once (answered by the outage
+    policy; background writes are retried by the flusher). The other
     calls, and every call on a cluster, go through redis-py and its
     ``retry`` (redis-py's default takes a few seconds to give up: pass a
     shorter one to fail fast).
