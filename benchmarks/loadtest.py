@@ -28,29 +28,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import http.client
-import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import typing as t
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import cpu_usage
 from benchmarks.apps import parse_body
 from benchmarks.cleanup import sweep
-from benchmarks.settings import BENCHMARKS, ROOT, Namespace, machine
+from benchmarks.gunicorn_process import Running, get, gunicorn
+from benchmarks.settings import BENCHMARKS, Namespace, machine
 from benchmarks.subjects import Subject, Unavailable, all_subjects
 from benchmarks.workloads import UNDER_LOAD, Workload
 
 LUA = BENCHMARKS / "session.lua"
-CONFIG = BENCHMARKS / "gunicorn_conf.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +108,10 @@ class LoadResult:
     :param check: ``"exact"``, ``"n/a"`` or what failed (in which run).
     :param expected_failure: why a failed check is the documented behaviour
         (a per-process store or a relaxed mode with several workers), or ``""``.
+    :param usage: per request, the CPU µs (``cpu_us``) and context switches
+        (``switches``) of gunicorn's processes (``worker``), the store's
+        server (``store``) and ``wrk`` (:mod:`benchmarks.cpu_usage`); empty
+        where ``/proc`` cannot be read.
     """
 
     subject: str
@@ -124,6 +124,7 @@ class LoadResult:
     errors: dict[str, int]
     check: str
     expected_failure: str = ""
+    usage: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def requests_per_s(self) -> float:
@@ -142,80 +143,6 @@ class LoadResult:
             "requests_per_s_max": max(self.runs),
             "passed": self.passed,
         }
-
-
-# -- the server -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get(port: int, path: str, cookie: str = "", timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    """One GET on loopback: status, headers (lower-cased names), body."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
-        response = conn.getresponse()
-        headers = {name.lower(): value for name, value in response.getheaders()}
-        return response.status, headers, response.read()
-    finally:
-        conn.close()
-
-
-@contextlib.contextmanager
-def gunicorn(subject: Subject, server: Server, namespace: Namespace) -> t.Iterator[int]:
-    """Run gunicorn serving ``subject``; yield its port; stop it (and only
-    it: the master is started in a session of its own and signalled by id)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "BENCH_SUBJECT": subject.slug,
-        "BENCH_NAMESPACE": namespace.token,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    command = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG), "-b", f"127.0.0.1:{port}"]
-    command += [*server.args(), "benchmarks.serve:app"]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            wait_ready(process, port, log)
-            yield port
-        finally:
-            stop(process)
-
-
-def wait_ready(process: subprocess.Popen[bytes], port: int, log: t.IO[bytes], timeout: float = 30.0) -> None:
-    """Wait until ``/plain`` answers 200 (at most ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if get(port, "/plain", timeout=1.0)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    log.seek(0)
-    tail = log.read().decode(errors="replace")[-2000:]
-    raise RuntimeError(f"gunicorn did not start (exit code {process.poll()}):\n{tail}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the master, then SIGKILL its process group if it lingers."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
 
 
 # -- the load -----------------------------------------------------------------------------------
@@ -301,16 +228,32 @@ def prepare(subject: Subject, namespace: Namespace) -> None:
         target.close()
 
 
+def meter_for(subject: Subject, running: Running) -> cpu_usage.Meter | None:
+    """A meter of gunicorn's processes, the store's server and wrk (``None``
+    without ``/proc``)."""
+    if not cpu_usage.available():
+        return None
+    groups: dict[str, t.Callable[[], list[int]]] = {"worker": lambda: cpu_usage.tree(running.pid)}
+    server_process = cpu_usage.STORE_PROCESSES.get(subject.store or "")
+    if server_process:
+        groups["store"] = lambda: cpu_usage.named(server_process)
+    return cpu_usage.Meter(groups)
+
+
 def measure(
-    port: int, workload: Workload, subject: Subject, server: Server, args: LoadSettings
+    running: Running, workload: Workload, subject: Subject, server: Server, args: LoadSettings
 ) -> LoadResult:
-    """A warm-up, then ``args.repeats`` measured wrk runs, each verified."""
+    """A warm-up, then ``args.repeats`` measured wrk runs, each verified;
+    what the processes used is metered around the measured runs only."""
+    port = running.port
     wrk(port, workload, args.warmup, args.connections)
+    meter = meter_for(subject, running)
     runs, p50s, p99s, requests = [], [], [], 0
     errors = dict.fromkeys(("connect", "read", "write", "status", "timeout"), 0)
     check = "n/a" if not workload.check else "exact"
     for index in range(args.repeats):
-        summary, visitors = wrk(port, workload, args.duration, args.connections)
+        with meter.measuring() if meter is not None else contextlib.nullcontext():
+            summary, visitors = wrk(port, workload, args.duration, args.connections)
         count, micros, *error_counts, p50, p99 = summary
         runs.append(count / (micros / 1e6))
         p50s.append(p50 / 1000)
@@ -332,6 +275,7 @@ def measure(
         errors,
         check,
         expected_failure(subject, server),
+        meter.per_request(requests) if meter is not None else {},
     )
 
 
@@ -340,8 +284,8 @@ def run_subject(
 ) -> list[LoadResult]:
     """Every workload of ``subject`` on one gunicorn."""
     workloads = [w for w in UNDER_LOAD if w.role == subject.role]
-    with gunicorn(subject, server, namespace) as port:
-        return [measure(port, workload, subject, server, args) for workload in workloads]
+    with gunicorn(subject, server.args(), namespace) as running:
+        return [measure(running, workload, subject, server, args) for workload in workloads]
 
 
 def run(
@@ -375,18 +319,22 @@ def run(
 
 
 def report(results: list[LoadResult], skipped: dict[str, str]) -> None:
-    """Print requests/s, p50, p99 and the counter check of every run."""
+    """Print requests/s, p50, p99, CPU per request (worker µs, its context
+    switches, the store server's µs) and the counter check of every run."""
     width = max((len(r.subject) for r in results), default=10)
     heading = (
-        f"{'server':<12} {'workload':<10} {'req/s':>8} {'min-max':<13} {'p50 ms':>7} {'p99 ms':>7}  check"
+        f"{'server':<12} {'workload':<10} {'req/s':>8} {'min-max':<13} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'cpu µs':>7} {'cs':>5} {'store':>6}  check"
     )
     print(f"{'subject':<{width}}  {heading}")
-    print("-" * (width + 60))
+    print("-" * (width + 81))
     for r in results:
         note = f" (expected: {r.expected_failure})" if r.expected_failure and not r.passed else ""
+        cpu, switches, store = cpu_usage.columns(r.usage)
         print(
             f"{r.subject:<{width}}  {r.server:<12} {r.workload:<10} {r.requests_per_s:8.0f} "
-            f"{min(r.runs):6.0f}-{max(r.runs):<6.0f} {r.p50_ms:7.2f} {r.p99_ms:7.2f}  {r.check}{note}"
+            f"{min(r.runs):6.0f}-{max(r.runs):<6.0f} {r.p50_ms:7.2f} {r.p99_ms:7.2f} "
+            f"{cpu:>7} {switches:>5} {store:>6}  {r.check}{note}"
         )
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import cpu_usage
 from benchmarks.targets import ISSUE_FIGURES, ISSUE_LOAD_FIGURES, Results, evaluate
 
 HEADLINE_WORKLOADS = ("read", "increment", "new visitor", "read 20 KB", "untouched")
@@ -156,6 +157,7 @@ def gunicorn_section(results: Results) -> str:
                 f"{r['requests_per_s']:,.0f} ({r['requests_per_s_min']:,.0f}-{r['requests_per_s_max']:,.0f})",
                 f"{r['p50_ms']:.2f}",
                 f"{r['p99_ms']:.2f}",
+                *cpu_usage.columns(r.get("usage", {})),
                 str(errors) if errors else "",
                 check,
             ]
@@ -168,7 +170,13 @@ def gunicorn_section(results: Results) -> str:
             "run every connection's session is fetched from the server and compared with what the "
             "script counted (*exact*: the counter went up by exactly one per 200 response, or stayed 0 "
             "for reads, no session was replaced or re-created, and the server's final counter equals "
-            "the 200s answered, or one more when a request was in flight as wrk stopped).",
+            "the 200s answered, or one more when a request was in flight as wrk stopped). "
+            "CPU per request is read from `/proc` around the measured runs "
+            "(`benchmarks/cpu_usage.py`): the worker column is gunicorn's processes (all threads), "
+            "with their context switches; the store column is the Redis or PostgreSQL server. On a "
+            "2-core machine shared with wrk and the store, these explain the rates: a gthread "
+            "worker is one process whose Python runs on one core at a time (the GIL), so its CPU "
+            "per request bounds its rate.",
             _table(
                 [
                     "subject",
@@ -177,11 +185,14 @@ def gunicorn_section(results: Results) -> str:
                     "req/s (min-max)",
                     "p50 ms",
                     "p99 ms",
+                    "worker CPU µs/req",
+                    "context switches/req",
+                    "store CPU µs/req",
                     "errors",
                     "counters",
                 ],
                 rows,
-                "lllrrrrl",
+                "lllrrrrrrrl",
             ),
             "![gunicorn](gunicorn.png)",
         ]

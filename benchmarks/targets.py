@@ -202,6 +202,20 @@ def _ratio(label: str, ours: float | None, theirs: float | None, goal: float, un
     return Check(label, f"{ratio:.2f}x ({ours:,.0f} vs {theirs:,.0f} {unit})", f"≥ {goal:g}x", ratio >= goal)
 
 
+def _with_cpu(check: Check, results: Results, subjects: tuple[str, str], workload: str, server: str) -> Check:
+    """``check`` with the worker CPU per request of both subjects, where
+    measured: a gunicorn worker's rate is about the inverse of it."""
+    cpu = []
+    for subject in subjects:
+        run = load_run(results, subject, workload, server)
+        worker = (run or {}).get("usage", {}).get("worker")
+        if worker is None:
+            return check
+        cpu.append(worker["cpu_us"])
+    note = f"; worker CPU {cpu[0]:,.0f} vs {cpu[1]:,.0f} µs/req"
+    return dataclasses.replace(check, measured=check.measured + note)
+
+
 def _gunicorn(results: Results) -> list[Check]:
     checks = []
     for server in ("gthread 1x4", "sync x2"):
@@ -238,6 +252,7 @@ def _gunicorn(results: Results) -> list[Check]:
                 load(results, theirs, "increment", server),
                 2,
             )
+            check = _with_cpu(check, results, (ours, theirs), "increment", server)
             checks.append(_not_comparable(check, results, (ours, theirs), "increment", server))
             # The same in the relaxed write mode (the response does not wait
             # for the store): exact within one process, stale across several.

@@ -1,0 +1,170 @@
+"""The load test's CPU accounting (benchmarks/cpu_usage.py), on real processes.
+
+Each test makes processes do a known amount of work (burn CPU, sleep so many
+times) and checks the meter charges it to the right group. The bounds are
+loose on purpose: CPU time is counted in 10 ms ticks and a shared machine may
+give a busy loop less than it asked for, but never charges it to someone else.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from benchmarks import cpu_usage
+from benchmarks.cpu_usage import Meter, Usage, process_usage
+
+pytestmark = pytest.mark.skipif(not cpu_usage.available(), reason="no /proc to read (not Linux)")
+
+_BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
+
+
+def burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_a_process_is_charged_its_cpu_and_every_threads_context_switches():
+    before = process_usage(os.getpid())
+    burn(0.2)
+    slept, release = threading.Event(), threading.Event()
+
+    def sleep_often() -> None:
+        for _ in range(40):
+            time.sleep(0.001)
+        slept.set()
+        release.wait()  # alive while read: an ended thread takes its counts with it
+
+    sleeper = threading.Thread(target=sleep_often)
+    sleeper.start()
+    slept.wait()
+    after = process_usage(os.getpid())
+    release.set()
+    sleeper.join()
+    assert before is not None
+    assert after is not None
+    used = after - before
+    assert used.cpu >= 0.15
+    # Each sleep gives up the CPU; they happen in a thread, not the main one.
+    assert used.switches >= 40
+
+
+def test_tree_and_named_find_a_child_process():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert child.pid in cpu_usage.tree(os.getpid())
+        assert child.pid in cpu_usage.named("sleep")
+        assert child.pid not in cpu_usage.named("not-a-process-name")
+    finally:
+        child.kill()
+        child.wait()
+    assert process_usage(child.pid) is None  # gone and reaped: nothing to read
+
+
+def test_the_meter_charges_each_group_and_counts_waited_for_children_as_wrk():
+    # A "server" that burns 0.3 s and then stays alive (an exited process
+    # takes its time with it), and a "load generator" run to completion.
+    server = subprocess.Popen([sys.executable, "-c", _BURN.format(seconds=0.3) + "time.sleep(30)"])
+    try:
+        meter = Meter({"server": lambda: [server.pid]})
+        with meter.measuring():
+            subprocess.run([sys.executable, "-c", _BURN.format(seconds=0.3)], check=True)
+            time.sleep(0.4)
+        assert meter.used["server"].cpu >= 0.2
+        assert meter.used["wrk"].cpu >= 0.2
+        with meter.measuring():  # a second run adds to the first
+            subprocess.run([sys.executable, "-c", _BURN.format(seconds=0.2)], check=True)
+        assert meter.used["wrk"].cpu >= 0.35
+        per_request = meter.per_request(100)
+        assert per_request["wrk"]["cpu_us"] == pytest.approx(meter.used["wrk"].cpu / 100 * 1e6)
+        assert per_request["server"]["switches"] == meter.used["server"].switches / 100
+        assert meter.per_request(0) == {}
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_process_started_during_a_run_is_charged_from_zero():
+    holder: list[subprocess.Popen[bytes]] = []
+    meter = Meter({"late": lambda: [p.pid for p in holder]})
+    try:
+        with meter.measuring():
+            script = _BURN.format(seconds=0.2) + "time.sleep(30)"
+            holder.append(subprocess.Popen([sys.executable, "-c", script]))
+            time.sleep(0.5)
+        assert meter.used["late"].cpu >= 0.1
+    finally:
+        for process in holder:
+            process.kill()
+            process.wait()
+
+
+def test_columns_show_the_worker_and_the_store_or_nothing():
+    usage = {
+        "worker": {"cpu_us": 694.4, "switches": 32.66},
+        "store": {"cpu_us": 63.6, "switches": 2.0},
+        "wrk": {"cpu_us": 70.0, "switches": 1.0},
+    }
+    assert cpu_usage.columns(usage) == ("694", "32.7", "64")
+    assert cpu_usage.columns({"worker": usage["worker"]}) == ("694", "32.7", "")
+    assert cpu_usage.columns({}) == ("", "", "")  # results written before this was measured
+
+
+def test_usage_arithmetic():
+    assert Usage(1.0, 0.5, 3) + Usage(0.5, 0.25, 1) == Usage(1.5, 0.75, 4)
+    assert (Usage(1.0, 0.5, 3) - Usage(0.5, 0.25, 1)).cpu == 0.75
+
+
+def test_a_gunicorn_worker_is_metered_through_its_master():
+    from benchmarks.gunicorn_process import get, gunicorn
+    from benchmarks.loadtest import meter_for
+    from benchmarks.settings import Namespace
+    from benchmarks.subjects import by_slug
+
+    subject = by_slug("bare")
+    with gunicorn(subject, ["-k", "gthread", "-w", "1", "--threads", "2"], Namespace.new()) as running:
+        processes = cpu_usage.tree(running.pid)
+        assert len(processes) >= 2  # the master and its worker
+        meter = meter_for(subject, running)
+        assert meter is not None
+        with meter.measuring():
+            for _ in range(200):
+                assert get(running.port, "/plain")[0] == 200
+        per_request = meter.per_request(200)
+    assert "store" not in per_request  # the bare app has no store server
+    assert per_request["worker"]["cpu_us"] > 0
+    assert per_request["worker"]["switches"] > 0  # each request waits for its socket
+
+
+def _run(subject: str, rate: float, worker_us: float | None) -> dict[str, object]:
+    usage = {} if worker_us is None else {"worker": {"cpu_us": worker_us, "switches": 30.0}}
+    return {
+        "subject": subject,
+        "server": "gthread 1x4",
+        "workload": "increment",
+        "requests_per_s": rate,
+        "passed": True,
+        "usage": usage,
+    }
+
+
+_REDIS_VS_BEAKER = "gthread 1x4: Redis increment vs Beaker Redis"
+
+
+def test_a_gunicorn_target_quotes_both_workers_cpu_per_request():
+    from benchmarks.targets import _gunicorn
+
+    runs = [_run("wsgi_session[redis]", 1418, 694.4), _run("beaker[redis]", 1007, 1114.5)]
+    (check,) = [c for c in _gunicorn({"gunicorn": runs}) if c.target == _REDIS_VS_BEAKER]
+    assert check.measured == "1.41x (1,418 vs 1,007 req/s); worker CPU 694 vs 1,114 µs/req"
+    assert check.met is False
+    # Results written before CPU was metered: the rates alone.
+    runs = [_run("wsgi_session[redis]", 1418, None), _run("beaker[redis]", 1007, 1114.5)]
+    (check,) = [c for c in _gunicorn({"gunicorn": runs}) if c.target == _REDIS_VS_BEAKER]
+    assert check.measured == "1.41x (1,418 vs 1,007 req/s)"
