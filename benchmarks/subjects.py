@@ -46,7 +46,8 @@ class Target:
     :param close: release threads, connections and pools.
     :param counters: the store round trips it makes.
     :param settle: wait until writes that are still pending in the
-        background (if any) have reached the store.
+        background (if any) have reached the store, and an invalidation
+        listener (``coherence="notify"``) has subscribed.
     """
 
     app: WSGIApplication
@@ -194,7 +195,7 @@ def ours(store: str, mode: str = "", *, flask: bool = False, gunicorn: bool = Fa
                 resource.close()
 
         def settle() -> None:
-            _wait_for_flush(middleware)
+            _wait_until_steady(middleware)
 
         return Target(
             outer, clear=middleware.advanced.clear_store, close=close, counters=counters, settle=settle
@@ -214,13 +215,17 @@ def ours(store: str, mode: str = "", *, flask: bool = False, gunicorn: bool = Fa
     )
 
 
-def _wait_for_flush(middleware: t.Any, timeout: float = 2.0) -> None:
-    """Wait (at most ``timeout`` seconds) until ``middleware`` has no write
-    pending for its flush thread."""
+def _wait_until_steady(middleware: t.Any, timeout: float = 2.0) -> None:
+    """Wait (at most ``timeout`` seconds) until ``middleware`` is as the
+    timed runs find it: no write pending for its flush thread, and its
+    invalidation listener (``coherence="notify"``) subscribed, so that its
+    reads are served from the cache rather than validated."""
+    cached = middleware.manager.cached
+    listener = cached.listener if cached is not None else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stats = middleware.flush_stats
-        if stats is None or not stats.pending:
+        if (stats is None or not stats.pending) and (listener is None or listener.healthy):
             return
         time.sleep(0.005)
 

@@ -1,8 +1,8 @@
 """Invalidation messages: trusting the cache without asking the store.
 
 With ``coherence="notify"`` every process announces the ids it changes (Redis
-``PUBLISH`` in the same pipeline as the write; PostgreSQL ``NOTIFY`` in the
-same transaction), and every process listens, dropping those ids from its
+``PUBLISH`` in the same script as the write; PostgreSQL ``NOTIFY`` in the
+same statement or transaction), and every process listens, dropping those ids from its
 cache. A read of a cached session then costs no round trip at all.
 
 Three things could make a cached copy stale, and each is handled:

@@ -3,7 +3,8 @@
 The promise of issue 4, default (strict) mode: on PostgreSQL a returning
 visitor's read-only request is one query and a counter increment two (no
 ``BEGIN``/``COMMIT``/``SET`` around them); on Redis a read is one round trip
-and an increment two; the same on MariaDB. PostgreSQL queries are counted by
+and an increment two; the same on MariaDB. With ``coherence="notify"`` on
+PostgreSQL, a read is served from the cache and a write is one query. PostgreSQL queries are counted by
 the benchmark suite's wire-protocol proxy
 (:class:`benchmarks.counting.PostgresQueryCounter`), which sees what psycopg2
 sends behind SQLAlchemy's back too; MariaDB's by the server's own
@@ -13,6 +14,7 @@ trips by a connection class that counts each send (a pipeline is one).
 
 from __future__ import annotations
 
+import time
 import typing as t
 import uuid
 
@@ -75,10 +77,15 @@ def per_request(count: t.Callable[[], int], client: Client, path: str, requests:
     return (count() - before) / requests
 
 
-def measured(store: Store, count: t.Callable[[], int]) -> dict[str, float]:
+def measured(store: Store, count: t.Callable[[], int], **config: t.Any) -> dict[str, float]:
     """Round trips of a new visitor, then per increment and per read."""
-    with SessionMiddleware(counter_app, SessionConfig(secret_keys=[SECRET]), store) as app:
-        Client(app).get("/inc")  # warm-up: connections, table check, script load
+    with SessionMiddleware(counter_app, SessionConfig(secret_keys=[SECRET], **config), store) as app:
+        Client(app).get("/inc")  # warm-up: connections, table check, script load, LISTEN
+        listener = app.manager.cached.listener if app.manager.cached is not None else None
+        deadline = time.monotonic() + 10
+        while listener is not None and not listener.healthy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert listener is None or listener.healthy, "the invalidation listener did not subscribe"
         client = Client(app)
         before = count()
         client.get("/inc")
@@ -90,8 +97,8 @@ def measured(store: Store, count: t.Callable[[], int]) -> dict[str, float]:
     return counts
 
 
-@pytest.mark.postgres
-def test_postgresql_read_is_one_query_and_increment_two() -> None:
+def postgres_queries(**config: t.Any) -> dict[str, float]:
+    """:func:`measured` on a fresh table, queries counted by the proxy."""
     url = sa.engine.make_url(POSTGRES_URL)
     require("PostgreSQL", port_open(url.port or 5432, url.host or "127.0.0.1"), POSTGRES_URL)
     table = f"sessions_rt_{uuid.uuid4().hex[:8]}"
@@ -100,12 +107,25 @@ def test_postgresql_read_is_one_query_and_increment_two() -> None:
         try:
             store = SQLAlchemyStore(engine, table)
             store.setup()
-            counts = measured(store, lambda: proxy.queries.value)
-            assert counts == {"new visitor": 1, "increment": 2, "read": 1}
+            return measured(store, lambda: proxy.queries.value, **config)
         finally:
             with engine.begin() as conn:
                 conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
             engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_read_is_one_query_and_increment_two() -> None:
+    assert postgres_queries() == {"new visitor": 1, "increment": 2, "read": 1}
+
+
+@pytest.mark.postgres
+def test_postgresql_notify_mode_reads_from_its_cache_and_writes_in_one_query() -> None:
+    """``coherence="notify"``: reads are served from the process's cache
+    (kept coherent by ``LISTEN``), and each write, with its ``NOTIFY``, is
+    one statement in autocommit (it was four round trips: ``BEGIN``, the
+    write, the ``NOTIFY``, ``COMMIT``)."""
+    assert postgres_queries(coherence="notify") == {"new visitor": 1, "increment": 1, "read": 0}
 
 
 def mariadb_questions(conn: sa.Connection) -> t.Callable[[], int]:

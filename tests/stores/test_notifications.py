@@ -21,6 +21,7 @@ from wsgi_session.stores import RedisStore
 if t.TYPE_CHECKING:
     from pathlib import Path
 
+    from wsgi_session.record import SessionDiff
     from wsgi_session.stores.base import Store
 
     from .conftest import Backend
@@ -109,6 +110,39 @@ def test_changes_are_announced_after_they_are_visible(
     subscriber.heard.clear()
     store.clear()
     assert subscriber.wait_for(1) == [("origin-1", "s2")]
+    assert subscriber.errors == []
+
+
+@announcing
+def test_each_lone_write_is_announced_once_whichever_way_it_is_written(
+    backend: Backend, make_diff: MakeDiff, subscribe: t.Callable[[Store], Subscriber]
+) -> None:
+    """A strict request's commit is one diff. On PostgreSQL it is written by
+    one statement that also notifies when it can (a create, or an update of
+    an unchanged snapshot), else in a transaction that notifies at its end:
+    either way one announcement, after the change is visible, and none for
+    a write to a session that does not exist."""
+    store = backend.store
+    store.enable_notifications("lone")
+    subscriber = subscribe(store)
+
+    def heard_after(diff: SessionDiff, timeout: float = 5.0) -> list[tuple[str, str]]:
+        subscriber.heard.clear()
+        store.apply([diff])
+        return subscriber.wait_for(1, timeout)
+
+    assert heard_after(make_diff("s1", {"k": b"1"}, create=True)) == [("lone", "s1")]  # created
+    snapshot = store.load("s1")
+    assert snapshot is not None
+    fresh = dataclasses.replace(make_diff("s1", {"k": b"2"}), base=snapshot)
+    assert heard_after(fresh) == [("lone", "s1")]  # the snapshot's version: one guarded UPDATE
+    assert subscriber.seen["s1"] == {"k": b"2"}
+    stale = dataclasses.replace(make_diff("s1", {"j": b"3"}), base=snapshot)
+    assert heard_after(stale) == [("lone", "s1")]  # a stale snapshot: merged in a transaction
+    assert subscriber.seen["s1"] == {"k": b"2", "j": b"3"}
+    assert heard_after(make_diff("s1", {"k": b"4"}, create=True)) == [("lone", "s1")]  # exists already
+    assert subscriber.seen["s1"] == {"k": b"4", "j": b"3"}
+    assert heard_after(make_diff("gone", {"k": b"x"}), timeout=0.5) == []  # dropped: nothing said
     assert subscriber.errors == []
 
 

@@ -1,13 +1,11 @@
 """The table of :class:`~wsgi_session.stores.SQLAlchemyStore` and what differs
-between databases: column types, insert-or-ignore, the autocommit pool,
-PostgreSQL's ``LISTEN``, and which errors mean "unreachable" or "lost a
-race". Private to the SQL store."""
+between databases: column types, insert-or-ignore, the autocommit pool, and
+which errors mean "unreachable" or "lost a race". Private to the SQL store
+(PostgreSQL's ``NOTIFY`` and ``LISTEN`` are in :mod:`._sql_notify`)."""
 
 from __future__ import annotations
 
 import os
-import select
-import threading
 import typing as t
 import weakref
 
@@ -15,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
-from ._codec import pack_values
+from ._codec import make_record, pack_values, unpack_values
 
 if t.TYPE_CHECKING:
     from sqlalchemy.sql.dml import Insert, Update
@@ -47,6 +45,21 @@ def session_table(name: str, metadata: sa.MetaData) -> sa.Table:
         sa.Column("longterm", sa.Boolean, nullable=False),
         sa.Index(f"ix_{name}_expires", "expires"),
         sa.Index(f"ix_{name}_absolute", "absolute"),
+    )
+
+
+def record_from_row(row: sa.Row[t.Any]) -> SessionRecord:
+    """A row of the table as a record; raises
+    :class:`~wsgi_session.exceptions.BadStoredData` if its data cannot be
+    unpacked or its columns are not what the store writes."""
+    return make_record(
+        row.id,
+        unpack_values(bytes(row.data)),
+        version=row.version,
+        created=row.created,
+        expires=row.expires,
+        absolute=row.absolute,
+        longterm=row.longterm,
     )
 
 
@@ -161,36 +174,3 @@ def is_conflict(exc: sa_exc.DBAPIError) -> bool:
     state = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)  # psycopg2, psycopg 3
     code = next(iter(getattr(orig, "args", ())), None)  # MySQL: lock wait timeout, deadlock
     return state in ("40001", "40P01") or code in (1205, 1213) or "database is locked" in str(orig)
-
-
-#: How often :func:`listen_postgres` looks at its ``stop`` event.
-_POLL_SECONDS = 0.25
-
-
-def listen_postgres(
-    engine: sa.Engine,
-    channel: str,
-    on_message: t.Callable[[str, str], None],
-    on_reset: t.Callable[[], None],
-    stop: threading.Event,
-) -> None:
-    """``LISTEN`` on ``channel`` (psycopg2) on a connection of its own, taken
-    from ``engine`` and detached from its pool, passing each announced id to
-    ``on_message(origin, id)`` until ``stop`` is set. Driver errors propagate."""
-    pooled = engine.raw_connection()
-    pooled.detach()
-    raw: t.Any = pooled.dbapi_connection
-    try:
-        raw.autocommit = True
-        with raw.cursor() as cursor:
-            cursor.execute('LISTEN "{}"'.format(channel.replace('"', '""')))
-        on_reset()
-        while not stop.is_set():
-            if select.select([raw], [], [], _POLL_SECONDS)[0]:
-                raw.poll()
-                while raw.notifies:
-                    origin, *session_ids = raw.notifies.pop(0).payload.split(" ")
-                    for session_id in session_ids:
-                        on_message(origin, session_id)
-    finally:
-        raw.close()

@@ -42,9 +42,12 @@ default) so a read sees the latest commit; on SQLite a write transaction
 takes the database's write lock up front (``BEGIN IMMEDIATE``) and waits for
 it up to the driver's ``timeout``, so the race cannot happen there. A batch
 that the database aborts for a deadlock or a lock timeout is run again.
-On PostgreSQL (psycopg2) changes can be announced with ``NOTIFY`` in the
-writing transaction, for ``coherence="notify"``; every write of a store that
-announces goes through a transaction, so the announcement commits with it.
+On PostgreSQL (psycopg2) changes can be announced with ``NOTIFY``, for
+``coherence="notify"``, so that the announcement commits with the write: a
+lone single-statement write announces in that same statement (``WITH written
+AS (UPDATE ... RETURNING id) SELECT pg_notify(...) FROM written``: one query,
+and a notification only if it wrote), anything else at the end of its
+transaction.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ from sqlalchemy import exc as sa_exc
 
 from ..exceptions import StoreUnavailable
 from ..record import MOVED_KEY, SessionRecord, apply_diff
-from ._codec import make_record, unavailable_on, unpack_values
+from ._codec import unavailable_on
+from ._sql_notify import Announcer, listen_postgres
 from ._sql_schema import (
     MYSQL,
     autocommit_engine,
@@ -70,13 +74,14 @@ from ._sql_schema import (
     insert_row,
     is_conflict,
     is_outage,
-    listen_postgres,
+    record_from_row,
     session_table,
 )
 from .base import Store
 
 if t.TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine, Row
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.sql.dml import Insert, Update
 
     from ..record import SessionDiff
 
@@ -88,8 +93,6 @@ _RACE_ATTEMPTS = 16
 _BATCH_ATTEMPTS = 3
 #: Most ids in one ``IN (...)`` list.
 _CHUNK = 500
-#: Most ids in one ``NOTIFY`` payload (ids have at most 128 characters).
-_NOTIFY_CHUNK = 50
 
 
 class SQLAlchemyStore(Store):
@@ -129,7 +132,8 @@ class SQLAlchemyStore(Store):
         self._setup_lock = threading.Lock()
         #: The PostgreSQL ``NOTIFY`` channel of ``coherence="notify"``.
         self.channel = f"{table_name}_changes"
-        self._origin: str | None = None
+        #: Set by :meth:`enable_notifications`.
+        self._announcer: Announcer | None = None
         # Only PostgreSQL through psycopg2 can LISTEN here.
         self.supports_notifications = dialect == "postgresql" and engine.dialect.driver == "psycopg2"
 
@@ -157,7 +161,7 @@ class SQLAlchemyStore(Store):
         self._ensure_ready()
         with self._errors(), self._single.connect() as conn:
             row = conn.execute(self._select_by_id, {"id": session_id}).first()
-        return None if row is None else self._to_record(row)
+        return None if row is None else record_from_row(row)
 
     def version(self, session_id: str) -> int | None:
         self._ensure_ready()
@@ -170,11 +174,12 @@ class SQLAlchemyStore(Store):
             return []
         self._ensure_ready()
         shortcut = True
-        if len(diffs) == 1 and self._origin is None:  # announcing stores write in a transaction
+        if len(diffs) == 1:
             # A lone diff (a strict request's own commit) is one statement when
-            # it can be, and leaves nothing half-done when it cannot. A batch
-            # stays one transaction: all of it lands, or none (the flusher
-            # retries batches whole).
+            # it can be (announcing what it wrote, when the store announces),
+            # and leaves nothing half-done when it cannot. A batch stays one
+            # transaction: all of it lands, or none (the flusher retries
+            # batches whole).
             written = self._try_alone(diffs[0])
             if written is not None:
                 return [written]
@@ -205,38 +210,46 @@ class SQLAlchemyStore(Store):
         with self._errors():
             try:
                 with self._single.connect() as conn:
-                    return self._write_alone(conn, diff)
+                    return self._write_alone(conn, diff, alone=True)
             except sa_exc.DBAPIError as exc:
                 if not is_conflict(exc):
                     raise
                 return None
 
-    def _write_alone(self, conn: Connection, diff: SessionDiff) -> SessionRecord | None:
+    def _write_alone(self, conn: Connection, diff: SessionDiff, alone: bool = False) -> SessionRecord | None:
         """Write ``diff`` with a single statement where one is enough; the
         new record, or ``None`` when it needs :meth:`_apply_one`.
 
         Two cases: the writer's snapshot (``diff.base``) is still what is
         stored — one ``UPDATE`` guarded by its version writes the merge, no
         ``SELECT`` — or the diff creates a session that does not exist yet
-        (the dialect's insert-or-ignore)."""
+        (the dialect's insert-or-ignore). ``alone``: not in a transaction,
+        so the statement announces its write itself (if the store announces;
+        a transaction announces at its end)."""
+        announce = diff.id if alone else None
         base = diff.base
         if base is not None:
             if base.id != diff.id or diff.create or MOVED_KEY in base.values:
                 return None
             merged = apply_diff(base, diff)
-            if merged is None or merged is base or not self._update(conn, merged, base.version):
+            if merged is None or merged is base:
                 return None
-            return merged
+            params = guarded_update_params(merged, base.version)
+            return merged if self._wrote(conn, self._guarded_update, params, announce) else None
         if diff.create and self._insert_new is not None:
             record = apply_diff(None, diff)
-            if record is not None and conn.execute(self._insert_new, insert_row(record)).rowcount == 1:
+            if record is not None and self._wrote(conn, self._insert_new, insert_row(record), announce):
                 return record
         return None
 
-    def _update(self, conn: Connection, record: SessionRecord, expected_version: int) -> bool:
-        """Write ``record`` over its row if the row is still at ``expected_version``."""
-        params = guarded_update_params(record, expected_version)
-        return bool(conn.execute(self._guarded_update, params).rowcount == 1)
+    def _wrote(
+        self, conn: Connection, write: Update | Insert, params: dict[str, t.Any], announce: str | None = None
+    ) -> bool:
+        """Run a one-row write; whether it wrote the row. ``announce``: the id
+        to announce in the same statement, if the store announces."""
+        if announce is not None and self._announcer is not None:
+            return self._announcer.write(conn, write, params, announce)
+        return bool(conn.execute(write, params).rowcount == 1)
 
     def _apply_one(self, conn: Connection, diff: SessionDiff, shortcut: bool = True) -> SessionRecord | None:
         """Merge one diff into its row, again and again while other writers
@@ -250,14 +263,14 @@ class SQLAlchemyStore(Store):
         for attempt in range(_RACE_ATTEMPTS):
             query = self._select_by_id_for_update if attempt else self._select_by_id
             row = conn.execute(query, {"id": diff.id}).first()
-            current = None if row is None else self._to_record(row)
+            current = None if row is None else record_from_row(row)
             merged = apply_diff(current, diff)
             if merged is None or merged is current:  # dropped, or a forwarding stub
                 return merged
             if current is None:
                 if self._insert(conn, merged):
                     return merged
-            elif self._update(conn, merged, current.version):
+            elif self._wrote(conn, self._guarded_update, guarded_update_params(merged, current.version)):
                 return merged
             log.debug("another process wrote this session first; merging again")
         raise StoreUnavailable(f"a session was written concurrently {_RACE_ATTEMPTS} times in a row")
@@ -284,17 +297,6 @@ class SQLAlchemyStore(Store):
                 if self._begin_immediate and not getattr(dbapi, "in_transaction", True):
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 yield conn
-
-    def _to_record(self, row: Row[t.Any]) -> SessionRecord:
-        return make_record(
-            row.id,
-            unpack_values(bytes(row.data)),
-            version=row.version,
-            created=row.created,
-            expires=row.expires,
-            absolute=row.absolute,
-            longterm=row.longterm,
-        )
 
     def delete(self, session_ids: t.Iterable[str]) -> None:
         self._ensure_ready()
@@ -361,26 +363,23 @@ class SQLAlchemyStore(Store):
         """Delete every row of this store's table (the table stays)."""
         self._ensure_ready()
         with self._errors(), self.engine.begin() as conn:
-            if self._origin is None:
+            if self._announcer is None:
                 conn.execute(sa.delete(self.table))
             else:
                 self._announce(conn, conn.execute(sa.delete(self.table).returning(self.table.c.id)).scalars())
 
     def enable_notifications(self, origin: str) -> None:
         """Announce changed ids with PostgreSQL ``NOTIFY`` on :attr:`channel`
-        as ``"<origin> <id> [<id> ...]"``, inside the writing transaction (so
-        listeners hear of a change when it commits). PostgreSQL through
-        psycopg2 only (:attr:`supports_notifications`)."""
+        as ``"<origin> <id> [<id> ...]"``, in the statement or transaction
+        that writes (so listeners hear of a change when it commits).
+        PostgreSQL through psycopg2 only (:attr:`supports_notifications`)."""
         if not self.supports_notifications:
             super().enable_notifications(origin)
-        self._origin = origin
+        self._announcer = Announcer(self.channel, origin, self.table)
 
     def _announce(self, conn: Connection, ids: t.Iterable[str]) -> None:
-        if self._origin is None:
-            return
-        ids = iter(ids)
-        while chunk := list(itertools.islice(ids, _NOTIFY_CHUNK)):  # payloads stay under 8000 bytes
-            conn.execute(sa.select(sa.func.pg_notify(self.channel, " ".join([self._origin, *chunk]))))
+        if self._announcer is not None:
+            self._announcer.announce(conn, ids)
 
     def listen(
         self,
