@@ -231,7 +231,14 @@ def _touch_entry(entry: _Entry | None, diff: SessionDiff) -> _Entry | None:
 
 
 def _newer(entry: _Entry | None, record: SessionRecord) -> _Entry:
-    """``record`` unless the cache holds the same session at a later version."""
-    if entry is not None and entry.record.id == record.id and entry.record.version > record.version:
+    """``record`` unless the cache holds the same session at a later version
+    (a memory-only copy, whose versions are its own, never counts as later:
+    once stored, the stored record is the session)."""
+    if (
+        entry is not None
+        and not entry.local
+        and entry.record.id == record.id
+        and entry.record.version > record.version
+    ):
         return entry
     return _Entry(record)

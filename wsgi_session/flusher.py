@@ -10,7 +10,9 @@ Two ways in:
   hand-off; a busy process pays one round trip per *batch*, not per request.
 * :meth:`Flusher.enqueue` — *background* writes and expiry touches. The diffs
   join the pending queue and the flush thread writes them within
-  ``interval`` seconds.
+  ``interval`` seconds; a session's queued diffs are folded into one where
+  they can be (:func:`~wsgi_session.record.coalesce`), so a session that
+  takes a hundred requests between two flushes costs the store one write.
 
 When the store fails, nothing is dropped: the diffs stay pending (in order,
 per session) and the flush thread retries with exponential backoff. A session
@@ -35,6 +37,7 @@ from collections import OrderedDict
 
 from .background import PeriodicTask
 from .exceptions import StoreError, StoreUnavailable
+from .record import coalesce
 
 if t.TYPE_CHECKING:
     from .record import SessionDiff, SessionRecord
@@ -55,6 +58,9 @@ class FlushStats:
     failures: int = 0
     pending: int = 0
     lost: int = 0
+    #: Queued diffs folded into an earlier one of their session (one write
+    #: instead of several, :func:`~wsgi_session.record.coalesce`).
+    coalesced: int = 0
 
 
 class _Ticket:
@@ -275,7 +281,10 @@ class Flusher:
         error."""
         diffs = [diff for _, chain in chains for diff in chain]
         try:
-            results = self._store.apply(diffs)
+            # A busy session's queued writes go as one (the chains stay
+            # whole, for the bookkeeping of what is saved and for a retry).
+            written = [diff for _, chain in chains for diff in coalesce(chain)]
+            results = self._store.apply(written)
         except StoreError as exc:
             return chains, exc
         except Exception as exc:
@@ -295,13 +304,14 @@ class Flusher:
             return failed, error
         self.stats.flushes += 1
         self.stats.flushed_diffs += len(diffs)
+        self.stats.coalesced += len(diffs) - len(written)
         with self._lock:
             self.stats.pending = self._pending_count
             # Saved before the cache takes the stored records: a load in
             # between validates against the store, which already has them.
             self._saved(diffs)
         if self._on_written is not None:
-            self._on_written(diffs, results)
+            self._on_written(written, results)
         return [], None
 
     def close(self, timeout: float = 10.0) -> None:

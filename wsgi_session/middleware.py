@@ -105,7 +105,8 @@ class SessionMiddleware:
     def flush_stats(self) -> FlushStats | None:
         """Counters of the flush machinery (``None`` with an in-process store):
         ``flushes``, ``flushed_diffs``, ``retries``, ``failures``,
-        ``pending`` (diffs waiting now) and ``lost`` (not saved at shutdown)."""
+        ``pending`` (diffs waiting now), ``lost`` (not saved at shutdown) and
+        ``coalesced`` (queued diffs folded into an earlier one of their session)."""
         cached = self.manager.cached
         return None if cached is None else cached.flusher.stats
 

@@ -91,6 +91,10 @@ class SessionDiff:
         validated snapshot), a hint that lets a SQL store write with one ``UPDATE
         ... WHERE version = base.version`` instead of reading the row first;
         when the hint is stale the store merges the usual way.
+    :param span: how many writes this diff stands for (:func:`coalesce`
+        folds a session's queued diffs into one); the version moves on by as
+        much, so a process's cached copy, which took each of them, and the
+        stored record keep the same count.
     """
 
     id: str
@@ -105,6 +109,7 @@ class SessionDiff:
     defaults: t.Mapping[str, bytes] | None = None
     local_only: bool = False
     base: SessionRecord | None = dataclasses.field(default=None, compare=False, repr=False)
+    span: int = 1
 
     @property
     def is_touch(self) -> bool:
@@ -134,7 +139,7 @@ def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord
             expires=diff.expires,
             absolute=diff.absolute,
             longterm=diff.longterm,
-            version=1,
+            version=diff.span,
         )
     if MOVED_KEY in record.values:
         return record
@@ -165,8 +170,77 @@ def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord
         expires=diff.expires,
         absolute=record.absolute if record.absolute is not None else diff.absolute,
         longterm=diff.longterm,
-        version=record.version + 1,
+        version=record.version + diff.span,
         memo=memo,
+    )
+
+
+def coalesce(diffs: t.Sequence[SessionDiff]) -> list[SessionDiff]:
+    """One session's diffs, in the order they were made, folded into as few
+    as give the same record: applying the result with :func:`apply_diff`
+    gives what applying each of ``diffs`` in turn gives (values, deadlines,
+    flags and version). A busy session's queued writes then cost the store
+    one merge, not one per request.
+
+    A run of diffs folds into its first unless a diff carries ``defaults``
+    (a renewal's or a consent's copy of older data), may create the record
+    when the first may not (the run would have been dropped), or is, or
+    follows, a forwarding stub's."""
+    folded: list[SessionDiff] = []
+    run: list[SessionDiff] = []
+    for diff in diffs:
+        if run and _joins(run[0], diff):
+            run.append(diff)
+            continue
+        if run:
+            folded.append(_fold(run))
+        run = [diff]
+    if run:
+        folded.append(_fold(run))
+    return folded
+
+
+def _joins(first: SessionDiff, later: SessionDiff) -> bool:
+    """Whether ``later`` can be folded into the run that ``first`` starts."""
+    return (
+        later.id == first.id
+        and not later.defaults
+        and (first.create or not later.create)
+        and later.local_only == first.local_only
+        and MOVED_KEY not in first.set
+        and MOVED_KEY not in later.set
+    )
+
+
+def _fold(run: list[SessionDiff]) -> SessionDiff:
+    """A run of diffs (see :func:`_joins`) as one, in one pass over its keys."""
+    first = run[0]
+    if len(run) == 1:
+        return first
+    values, deleted = dict(first.set), set(first.delete)
+    clear, defaults, absolute = first.clear, first.defaults, first.absolute
+    for later in run[1:]:
+        if later.clear:  # what came before is gone anyway
+            values, deleted, clear, defaults = dict(later.set), set(later.delete), True, None
+        else:
+            for key in later.delete:
+                values.pop(key, None)
+            values.update(later.set)
+            deleted.difference_update(later.set)
+            deleted.update(later.delete)
+        if absolute is None:  # a record keeps the first absolute deadline it was given
+            absolute = later.absolute
+    return dataclasses.replace(
+        run[-1],
+        set=values,
+        delete=frozenset(deleted),
+        clear=clear,
+        defaults=defaults,
+        absolute=absolute,
+        created=first.created,
+        create=first.create,
+        base=first.base,
+        span=sum(diff.span for diff in run),
     )
 
 

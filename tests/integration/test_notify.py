@@ -8,6 +8,7 @@ frozen) and that a broken subscription falls back to validating reads.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import typing as t
@@ -184,3 +185,45 @@ def test_a_slow_load_never_replaces_a_newer_own_write(private_redis: RedisServer
         assert record.values["x"] == b'"v2"'
     finally:
         cached.close()
+
+
+def consenting(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+    """``/set`` writes ``x`` (a memory-only session until consent); ``/consent``
+    gives consent and writes ``y`` in the same request."""
+    session = environ["session"]
+    if environ["PATH_INFO"] == "/set":
+        session["x"] = session.get("x", 0) + 1
+    elif environ["PATH_INFO"] == "/consent":
+        session.set_store(True)
+        session["y"] = "with consent"
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(dict(session), sort_keys=True).encode()]
+
+
+@pytest.mark.parametrize("write_mode", ["strict", "background"])
+def test_consent_replaces_the_memory_only_copy_with_the_stored_one(
+    make_store: t.Callable[[], Store], write_mode: str
+) -> None:
+    """Opt-in mode: a session kept in process memory until consent is then
+    stored whole. Its memory-only copy had a higher version (three local
+    writes) than the new stored record (1); in notify mode that copy must not
+    outlive the consent, or the process serves it forever, without the
+    consent request's own write and deaf to other workers' changes."""
+    config = SessionConfig(secret_keys=[SECRET], mode="opt_in", coherence="notify", write_mode=write_mode)
+    app = SessionMiddleware(consenting, config, store=make_store())
+    try:
+        client = TestApp(app)
+        for _ in range(3):
+            client.get("/set")
+        assert wait_until(lambda: listener_of(app).healthy)
+        assert client.get("/consent").json == {"x": 3, "y": "with consent"}
+        cached = app.manager.cached
+        assert cached is not None
+        assert cached.flusher.flush_pending(force=True)
+        assert client.get("/").json == {"x": 3, "y": "with consent"}
+        session_id = client.cookies["session"].split(".", 1)[0]
+        entry = cached.cache.peek(session_id)
+        assert entry is not None
+        assert not entry.local  # the stored copy, kept coherent from now on
+    finally:
+        app.close()

@@ -295,6 +295,8 @@ def test_apply_matches_record_apply_diff(store: Store, make_diff: MakeDiff) -> N
             longterm=rng.random() < 0.5,
             create=rng.random() < 0.6,
         )
+        # Some stand for several writes (a flush's folded diffs): the version moves on by as many.
+        diff = dataclasses.replace(diff, span=rng.choice([1, 1, 1, 4]))
         if rng.random() < 0.2:
             store.delete([session_id])
             model[session_id] = None
@@ -335,7 +337,7 @@ def test_writes_with_the_writers_snapshot_match_record_apply_diff(store: Store, 
         if current is not None:
             stale = history[session_id][:-1]
             base = rng.choice(stale) if stale and rng.random() < 0.25 else current
-            diff = dataclasses.replace(diff, absolute=current.absolute, base=base)
+            diff = dataclasses.replace(diff, absolute=current.absolute, base=base, span=rng.choice([1, 1, 3]))
         expected = apply_diff(current, diff)
         [got] = store.apply([diff])
         assert got == expected, f"step {step}: {diff}"

@@ -33,7 +33,8 @@ def _lua(name: bytes) -> str:
 # ARGV: create, clear, expires, absolute ('' = none), longterm, created,
 # number of defaults, number of deletes, the channel to announce the change
 # on ('' = none) and the message, the version the writer's copy has ('' =
-# none), then the defaults (field, value), the deleted fields and the set
+# none), how many writes the diff stands for (the version moves on by as
+# much), then the defaults (field, value), the deleted fields and the set
 # (field, value) pairs. When the stored version equals the writer's, the
 # writer can merge its copy itself, and when the diff created the hash the
 # writer has all of it: then the script answers just the new version instead
@@ -43,7 +44,8 @@ local key = KEYS[1]
 local create, clear = ARGV[1] == '1', ARGV[2] == '1'
 local expires, absolute, longterm, created = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local ndefaults, ndelete = tonumber(ARGV[7]), tonumber(ARGV[8])
-local version = 1
+local span = tonumber(ARGV[12])
+local version = span
 local same = false
 -- The common write: the hash is still the writer's copy (same version, its
 -- metadata intact), so it needs no reply: write the changes in one HSET.
@@ -51,9 +53,9 @@ if ARGV[11] ~= '' and not clear and ndefaults == 0 and #ARGV < 4000 then
   local meta = redis.call('HMGET', key, {V}, {C}, {A})
   if meta[1] == ARGV[11] and meta[2] and tonumber(meta[2])
       and meta[3] and (meta[3] == '' or tonumber(meta[3])) then
-    version = tonumber(meta[1]) + 1
-    if ndelete > 0 then redis.call('HDEL', key, unpack(ARGV, 12, 11 + ndelete)) end
-    redis.call('HSET', key, {V}, version, {E}, expires, {L}, longterm, unpack(ARGV, 12 + ndelete))
+    version = tonumber(meta[1]) + span
+    if ndelete > 0 then redis.call('HDEL', key, unpack(ARGV, 13, 12 + ndelete)) end
+    redis.call('HSET', key, {V}, version, {E}, expires, {L}, longterm, unpack(ARGV, 13 + ndelete))
     local deadline = tonumber(expires)
     if absolute ~= '' and tonumber(absolute) < deadline then deadline = tonumber(absolute) end
     redis.call('PEXPIREAT', key, string.format('%.0f', math.ceil(deadline * 1000)))
@@ -72,14 +74,14 @@ if existed then
       or (meta[3] and meta[3] ~= '' and not tonumber(meta[3])) then
     return redis.error_reply({BAD})
   end
-  version, created = old + 1, meta[2]
+  version, created = old + span, meta[2]
   same = ARGV[11] ~= '' and tonumber(ARGV[11]) == old
   if meta[3] and meta[3] ~= '' then absolute = meta[3] end
   if clear then redis.call('DEL', key) end
 elseif not create then
   return false
 end
-local i = 12
+local i = 13
 if not (existed and clear) then
   for _ = 1, ndefaults do
     redis.call('HSETNX', key, ARGV[i], ARGV[i + 1])
@@ -130,6 +132,7 @@ def script_args(diff: SessionDiff, announce: tuple[bytes, bytes] | None) -> list
         b"" if announce is None else announce[0],
         b"" if announce is None else announce[1] + b" " + diff.id.encode(),
         _base_version(diff),
+        str(diff.span).encode(),
     ]
     for key, value in defaults.items():
         args += (_field(key), value)

@@ -64,7 +64,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
         """Merge each diff into its stored session; return the resulting
-        records in order (``None`` where a diff was dropped)."""
+        records in order (``None`` where a diff was dropped). Merge exactly as
+        :func:`~wsgi_session.record.apply_diff` does, the version included:
+        it moves on by ``diff.span`` (a flushed diff may stand for several
+        requests' writes), or a process's cached copy runs ahead of the store."""
 
     @abc.abstractmethod
     def delete(self, session_ids: t.Iterable[str]) -> None:

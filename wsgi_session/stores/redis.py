@@ -337,14 +337,15 @@ def _reply_to_record(diff: SessionDiff, reply: t.Any) -> SessionRecord | None:
     reply that is an error is raised as what it means to the middleware.
 
     A bare version number means the writer knows the result without the
-    hash being shipped back: version 1, the diff created the session (the
-    record is the diff alone); a later one, the store held exactly the
-    writer's copy (``diff.base``), and the result is that copy with the diff
-    merged in."""
+    hash being shipped back: the diff's span (1 for one request's diff), the
+    diff created the session (the record is the diff alone); a later one,
+    the store held exactly the writer's copy (``diff.base``, whose version is
+    at least 1), and the result is that copy with the diff merged in."""
     if reply is None:
         return None
     if isinstance(reply, int):
-        merged = apply_diff(None if reply == 1 else diff.base, diff) if reply == 1 or diff.base else None
+        created = reply == diff.span
+        merged = apply_diff(None if created else diff.base, diff) if created or diff.base else None
         if merged is not None and merged.version == reply:
             return merged
         raise BadStoredData("the merge script's version does not follow the writer's copy")
