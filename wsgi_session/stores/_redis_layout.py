@@ -48,11 +48,13 @@ local span = tonumber(ARGV[12])
 local version = span
 local same = false
 -- The common write: the hash is still the writer's copy (same version, its
--- metadata intact), so it needs no reply: write the changes in one HSET.
+-- metadata intact, not a renewed session's forwarding stub, which a copy
+-- one write ahead of the store can meet at its own version), so it needs
+-- no reply: write the changes in one HSET.
 if ARGV[11] ~= '' and not clear and ndefaults == 0 and #ARGV < 4000 then
-  local meta = redis.call('HMGET', key, {V}, {C}, {A})
+  local meta = redis.call('HMGET', key, {V}, {C}, {A}, {MOVED})
   if meta[1] == ARGV[11] and meta[2] and tonumber(meta[2])
-      and meta[3] and (meta[3] == '' or tonumber(meta[3])) then
+      and meta[3] and (meta[3] == '' or tonumber(meta[3])) and not meta[4] then
     version = tonumber(meta[1]) + span
     if ndelete > 0 then redis.call('HDEL', key, unpack(ARGV, 13, 12 + ndelete)) end
     redis.call('HSET', key, {V}, version, {E}, expires, {L}, longterm, unpack(ARGV, 13 + ndelete))

@@ -23,7 +23,7 @@ configuration whose connections stay in autocommit, see
 ``COMMIT`` or isolation ``SET`` around them, so a read costs one query and a
 counter increment two. A lone write (a request's own commit) is one
 statement when the writer's snapshot is still what is stored (``UPDATE ...
-WHERE version = :snapshot``, merged in Python with
+WHERE version = :snapshot AND expires = :snapshot``, merged in Python with
 :func:`wsgi_session.record.apply_diff`) or when it creates a session (the
 dialect's insert-or-ignore).
 
@@ -234,7 +234,7 @@ class SQLAlchemyStore(Store):
             merged = apply_diff(base, diff)
             if merged is None or merged is base:
                 return None
-            params = guarded_update_params(merged, base.version)
+            params = guarded_update_params(merged, base)
             return merged if self._wrote(conn, self._guarded_update, params, announce) else None
         if diff.create and self._insert_new is not None:
             record = apply_diff(None, diff)
@@ -270,7 +270,7 @@ class SQLAlchemyStore(Store):
             if current is None:
                 if self._insert(conn, merged):
                     return merged
-            elif self._wrote(conn, self._guarded_update, guarded_update_params(merged, current.version)):
+            elif self._wrote(conn, self._guarded_update, guarded_update_params(merged, current)):
                 return merged
             log.debug("another process wrote this session first; merging again")
         raise StoreUnavailable(f"a session was written concurrently {_RACE_ATTEMPTS} times in a row")
