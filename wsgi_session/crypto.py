@@ -33,8 +33,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .config import MIN_SECRET_BYTES
-from .exceptions import BadStoredData
+from .exceptions import BadStoredData, PartlyApplied
 from .record import MOVED_KEY, SessionRecord
+from .stores._codec import each_or_partly
 from .stores.base import Store
 
 if t.TYPE_CHECKING:
@@ -150,8 +151,13 @@ class SealedStore(Store):
         return self.inner.version(session_id)
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
-        results = self.inner.apply([self._seal(diff) for diff in diffs])
-        return [self._open(record) for record in results]
+        refused: frozenset[int] = frozenset()
+        try:
+            results = self.inner.apply([self._seal(diff) for diff in diffs])
+        except PartlyApplied as partly:
+            results, refused = partly.results, partly.refused
+        # Applied already: a record that cannot be opened must not fail the others.
+        return each_or_partly(results, self._open, refused)
 
     def needs_rewrap(self, session_id: str) -> bool:
         """Whether the stored session has a value sealed with an older key

@@ -18,6 +18,8 @@ Programming errors keep their builtin types: a bad configuration value is a
 
 from __future__ import annotations
 
+import typing as t
+
 
 class SessionError(Exception):
     """Base class of every exception defined by wsgi_session."""
@@ -61,6 +63,20 @@ class BadSignature(BadToken):
 class BadStoredData(BadData):
     """A stored session that cannot be decrypted or decoded. The row is left
     untouched; the client gets a fresh session."""
+
+
+class PartlyApplied(BadStoredData):
+    """A batch of writes of which the store applied some and refused others
+    because their stored sessions cannot be merged into or read back. Raised
+    for batches only (a lone write raises its :class:`BadStoredData`), so
+    that nobody sends the applied ones again: ``results`` holds every diff's
+    result in order (``None`` for a refused one), ``refused`` the indexes of
+    the refused diffs."""
+
+    def __init__(self, message: str, results: list[t.Any], refused: frozenset[int]) -> None:
+        super().__init__(message)
+        self.results = results
+        self.refused = refused
 
 
 class UnserializableValue(TypeError, SessionError):

@@ -36,7 +36,7 @@ import typing as t
 from collections import OrderedDict
 
 from .background import PeriodicTask
-from .exceptions import StoreError, StoreUnavailable
+from .exceptions import BadStoredData, PartlyApplied, StoreError, StoreUnavailable
 from .record import coalesce
 
 if t.TYPE_CHECKING:
@@ -163,22 +163,34 @@ class Flusher:
                         ticket.error = full
                     ticket.done = True
             return
+        except PartlyApplied as partly:  # applied but for some sessions: nothing is sent again
+            results, refused = partly.results, partly.refused
         except Exception as exc:
-            if len(batch) > 1:  # one bad session must not fail the others
+            if len(batch) > 1:  # nothing was applied; one bad session must not fail the others
                 for ticket in batch:
                     self._write_batch([ticket])
                 return
             batch[0].error = exc  # e.g. BadStoredData: the caller decides
             batch[0].done = True
             return
-        self.stats.flushes += 1
-        self.stats.flushed_diffs += len(diffs)
-        if self._on_written is not None:
-            self._on_written(diffs, results)
+        else:
+            refused = frozenset()
+        applied: tuple[list[SessionDiff], Results] = ([], [])
         position = 0
         for ticket in batch:
-            ticket.results = results[position : position + len(ticket.diffs)]
-            position += len(ticket.diffs)
+            end = position + len(ticket.diffs)
+            if refused.isdisjoint(range(position, end)):
+                ticket.results = results[position:end]
+                applied[0].extend(ticket.diffs)
+                applied[1].extend(ticket.results)
+            else:
+                ticket.error = BadStoredData("a stored session of this write cannot be merged into")
+            position = end
+        self.stats.flushes += 1
+        self.stats.flushed_diffs += len(applied[0])
+        if self._on_written is not None:
+            self._on_written(*applied)
+        for ticket in batch:
             ticket.done = True
 
     @staticmethod
@@ -274,45 +286,64 @@ class Flusher:
     def _write_chains(
         self, chains: list[tuple[str, list[SessionDiff]]]
     ) -> tuple[list[tuple[str, list[SessionDiff]]], BaseException | None]:
-        """Write pending chains (one per session) in one batch; if that fails
-        for a reason other than an outage, session by session, so one bad
-        stored row cannot hold back, or replay, everybody else's writes.
+        """Write pending chains (one per session) in one batch. One bad
+        stored row must not hold back, or replay, everybody else's writes: a
+        batch the store applied except for some sessions
+        (:class:`~wsgi_session.exceptions.PartlyApplied`) loses only theirs;
+        one it refused whole for a reason other than an outage (a
+        transaction, rolled back) is written again session by session.
         Returns the chains to retry (the store was unreachable) and the
         error."""
-        diffs = [diff for _, chain in chains for diff in chain]
+        written: list[SessionDiff] = []
+        owners: list[int] = []  # the chain of each written diff
+        refused: frozenset[int] = frozenset()
         try:
             # A busy session's queued writes go as one (the chains stay
             # whole, for the bookkeeping of what is saved and for a retry).
-            written = [diff for _, chain in chains for diff in coalesce(chain)]
+            for number, (_, chain) in enumerate(chains):
+                folded = coalesce(chain)
+                written += folded
+                owners += [number] * len(folded)
             results = self._store.apply(written)
         except StoreError as exc:
             return chains, exc
+        except PartlyApplied as partly:  # applied but for some sessions: nothing is sent again
+            results, refused = partly.results, partly.refused
         except Exception as exc:
             if len(chains) == 1:
-                session_id, chain = chains[0]
-                with self._lock:
-                    self.stats.lost += len(chain)
-                    self._saved(chain)
-                log.error("session %s...: %d writes could NOT be saved: %s", session_id[:6], len(chain), exc)
+                self._lose(*chains[0], exc)
                 return [], None
             failed: list[tuple[str, list[SessionDiff]]] = []
             error: BaseException | None = None
-            for one in chains:
+            for one in chains:  # nothing was applied: session by session
                 retry, problem = self._write_chains([one])
                 failed += retry
                 error = error or problem
             return failed, error
+        lost = {owners[index] for index in refused}
+        for number in sorted(lost):
+            self._lose(*chains[number], BadStoredData("its stored session cannot be merged into"))
+        applied = [index for index in range(len(written)) if owners[index] not in lost]
+        diffs = [diff for number, (_, chain) in enumerate(chains) if number not in lost for diff in chain]
         self.stats.flushes += 1
         self.stats.flushed_diffs += len(diffs)
-        self.stats.coalesced += len(diffs) - len(written)
+        self.stats.coalesced += len(diffs) - len(applied)
         with self._lock:
             self.stats.pending = self._pending_count
             # Saved before the cache takes the stored records: a load in
             # between validates against the store, which already has them.
             self._saved(diffs)
         if self._on_written is not None:
-            self._on_written(written, results)
+            self._on_written([written[index] for index in applied], [results[index] for index in applied])
         return [], None
+
+    def _lose(self, session_id: str, chain: list[SessionDiff], error: BaseException) -> None:
+        """Give up on one session's writes that the store refused (not an
+        outage: retrying would not help), loudly."""
+        with self._lock:
+            self.stats.lost += len(chain)
+            self._saved(chain)
+        log.error("session %s...: %d writes could NOT be saved: %s", session_id[:6], len(chain), error)
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush everything pending, retrying until ``timeout`` seconds have

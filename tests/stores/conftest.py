@@ -297,6 +297,11 @@ BACKENDS = [
 ]
 
 
+#: The stores that persist beyond the process (behind a per-process cache and
+#: a flusher in the middleware), for ``parametrize("backend", ..., indirect=True)``.
+PERSISTENT_BACKENDS = [param for param in BACKENDS if param.values != ("memory",)]
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> t.Iterator[Backend]:
     """Each store over each backend, empty at the start of the test."""

@@ -11,18 +11,13 @@ import pytest
 
 from wsgi_session import SessionConfig, SessionMiddleware
 
+from .conftest import PERSISTENT_BACKENDS
+
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from .conftest import Backend
 
-PERSISTENT = [
-    pytest.param("redis", marks=pytest.mark.redis),
-    pytest.param("sqlite"),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    pytest.param("mariadb", marks=pytest.mark.mysql),
-    pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
-]
 REQUESTS = 200
 
 
@@ -50,7 +45,7 @@ def call(app: SessionMiddleware, cookie: str) -> tuple[bytes, str]:
     return body, cookie
 
 
-@pytest.mark.parametrize("backend", PERSISTENT, indirect=True)
+@pytest.mark.parametrize("backend", PERSISTENT_BACKENDS, indirect=True)
 def test_a_busy_sessions_queued_writes_become_one(backend: Backend) -> None:
     config = SessionConfig(secret_keys=["coalescing-" + "k" * 32], write_mode="background")
     app = SessionMiddleware(counter, config, backend.store)

@@ -12,7 +12,7 @@ import math
 import struct
 import typing as t
 
-from ..exceptions import BadStoredData, StoreUnavailable
+from ..exceptions import BadStoredData, PartlyApplied, StoreUnavailable
 from ..record import SessionRecord
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,36 @@ def unpack_values(data: bytes) -> dict[str, bytes]:
     except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise BadStoredData(f"stored session data is truncated or corrupt: {exc}") from exc
     return values
+
+
+Item = t.TypeVar("Item")
+
+
+def each_or_partly(
+    items: t.Sequence[Item], convert: t.Callable[[Item], T], refused: frozenset[int] = frozenset()
+) -> list[T | None]:
+    """``convert`` each result of a batch write that has been applied.
+
+    An item that raises :class:`~wsgi_session.exceptions.BadStoredData`
+    does not stop the others: they are applied already, and raising for the
+    whole batch would get them sent again. A lone item raises its error; in
+    a batch, any refused item (or ``refused``, from a store below) makes it
+    :class:`~wsgi_session.exceptions.PartlyApplied`, with every result."""
+    results: list[T | None] = []
+    first: BadStoredData | None = None
+    for index, item in enumerate(items):
+        try:
+            results.append(None if index in refused else convert(item))
+        except BadStoredData as exc:
+            if len(items) == 1:
+                raise
+            results.append(None)
+            refused |= {index}
+            first = first or exc
+    if refused:
+        message = first.message if first is not None else "some stored sessions could not be written"
+        raise PartlyApplied(message, results, refused) from first
+    return results
 
 
 class unavailable_on:

@@ -47,7 +47,7 @@ import redis.exceptions as rex
 
 from ..exceptions import BadStoredData
 from ..record import apply_diff
-from ._codec import unavailable_on
+from ._codec import each_or_partly, unavailable_on
 from ._redis_layout import BAD_RECORD, MERGE_SCRIPT, VERSION, pairs, record_from_fields, script_args
 from ._resp import LeanPath
 from .base import Store
@@ -200,7 +200,9 @@ class RedisStore(Store):
                 self.client.script_load(MERGE_SCRIPT)
                 for index, reply in zip(missing, self._run(calls, missing), strict=True):
                     replies[index] = reply
-            return [_reply_to_record(diff, reply) for diff, reply in zip(diffs, replies, strict=True)]
+            if len(diffs) == 1:  # a request's own commit
+                return [_reply_to_record((diffs[0], replies[0]))]
+            return each_or_partly(list(zip(diffs, replies, strict=True)), _reply_to_record)
 
     def _run(self, calls: list[tuple[bytes, list[bytes]]], indexes: t.Iterable[int]) -> list[t.Any]:
         """Run the script for ``calls[i]``, ``i`` in ``indexes``, in one pipeline
@@ -332,7 +334,7 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGES)
 
 
-def _reply_to_record(diff: SessionDiff, reply: t.Any) -> SessionRecord | None:
+def _reply_to_record(written: tuple[SessionDiff, t.Any]) -> SessionRecord | None:
     """The record a merge script returned (``None`` for a dropped diff); a
     reply that is an error is raised as what it means to the middleware.
 
@@ -341,6 +343,7 @@ def _reply_to_record(diff: SessionDiff, reply: t.Any) -> SessionRecord | None:
     diff created the session (the record is the diff alone); a later one,
     the store held exactly the writer's copy (``diff.base``, whose version is
     at least 1), and the result is that copy with the diff merged in."""
+    diff, reply = written
     if reply is None:
         return None
     if isinstance(reply, int):
