@@ -353,3 +353,38 @@ def test_a_forked_child_opens_its_own_autocommit_connections(backend: Backend, m
     record = store.load("s1")  # the parent's connection is intact
     assert record is not None
     assert dict(record.values) == {"k": b"v", "child": b"1"}
+
+
+@pytest.mark.postgres
+def test_writes_work_when_the_server_rounds_the_doubles_it_returns(
+    sql_servers: SQLServers, make_diff: MakeDiff
+) -> None:
+    """PostgreSQL before 12 (or ``extra_float_digits=0``) returns doubles to
+    15 digits, so a deadline read back is not the deadline written. The
+    store's shortcut (its snapshot's deadline in the ``WHERE``) then misses
+    and the write takes the transaction, which reads the row and matches it
+    by version alone: every write still lands."""
+    rounding = sa.create_engine(
+        sql_servers.urls["postgresql"], connect_args={"options": "-c extra_float_digits=0"}
+    )
+    table = f"sessions_rounded_{uuid.uuid4().hex[:8]}"
+    store = SQLAlchemyStore(rounding, table)
+    try:
+        created = store.apply([make_diff("s1", {"n": b"0"}, create=True)])[0]
+        assert created is not None
+        loaded = store.load("s1")
+        assert loaded is not None
+        assert loaded.expires != created.expires  # rounded on the way back
+        [after_load] = store.apply([dataclasses.replace(make_diff("s1", {"n": b"1"}), base=loaded)])
+        [without_snapshot] = store.apply([make_diff("s1", {"n": b"2"})])
+        assert after_load is not None
+        assert without_snapshot is not None
+        assert (after_load.version, without_snapshot.version) == (2, 3)
+        stored = store.load("s1")
+        assert stored is not None
+        assert stored.values["n"] == b"2"
+    finally:
+        store.close()
+        with rounding.begin() as conn:
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"')
+        rounding.dispose()

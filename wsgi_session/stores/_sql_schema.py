@@ -68,26 +68,29 @@ def insert_row(record: SessionRecord) -> dict[str, t.Any]:
     return {"id": record.id, "created": record.created, **row_values(record)}
 
 
-def guarded_update(table: sa.Table) -> Update:
-    """``UPDATE`` of a row only if it is still the one the writer read
-    (rowcount 1 when it was): the same version and idle deadline. The
-    deadline tells apart a version number that a process's cached copy and
-    the stored row reached by different writes: a background write dropped
-    at a renewed session's forwarding stub leaves the copy one version ahead,
-    at the stub's version, and only the stub's short deadline differs.
-    Executed with :func:`guarded_update_params`, whose keys make the ``SET``
-    clause. Built once per store, so SQLAlchemy builds and compiles it once,
-    not on every write."""
-    return sa.update(table).where(
-        table.c.id == sa.bindparam("match_id"),
-        table.c.version == sa.bindparam("match_version"),
-        table.c.expires == sa.bindparam("match_expires"),
-    )
+def guarded_update(table: sa.Table, *, deadline: bool = False) -> Update:
+    """``UPDATE`` of a row only if it is still at the version the writer
+    read (rowcount 1 when it was); with ``deadline``, also at the idle
+    deadline of the writer's snapshot. The deadline tells apart a version
+    number that a process's cached copy and the stored row reached by
+    different writes: a background write dropped at a renewed session's
+    forwarding stub leaves the copy one version ahead, at the stub's
+    version, and only the stub's short deadline differs. (A row read in the
+    same transaction needs no deadline: its version is enough, and a driver
+    that returns doubles rounded could never match it.) Executed with
+    :func:`guarded_update_params`, whose keys make the ``SET`` clause. Built
+    once per store, so SQLAlchemy builds and compiles it once, not on every
+    write."""
+    guards = [table.c.id == sa.bindparam("match_id"), table.c.version == sa.bindparam("match_version")]
+    if deadline:
+        guards.append(table.c.expires == sa.bindparam("match_expires"))
+    return sa.update(table).where(*guards)
 
 
 def guarded_update_params(record: SessionRecord, expected: SessionRecord) -> dict[str, t.Any]:
     """The parameters writing ``record`` over its row if the row is still
-    ``expected`` (its version and idle deadline)."""
+    ``expected`` (its version, and for a guard with a deadline its idle
+    deadline)."""
     return {
         "match_id": record.id,
         "match_version": expected.version,

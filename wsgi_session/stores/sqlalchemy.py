@@ -128,6 +128,7 @@ class SQLAlchemyStore(Store):
         self._select_by_id_for_update = self._select_by_id.with_for_update()
         self._select_version = sa.select(self.table.c.version).where(by_id)
         self._guarded_update = guarded_update(self.table)
+        self._snapshot_update = guarded_update(self.table, deadline=True)
         self._ready = False
         self._setup_lock = threading.Lock()
         #: The PostgreSQL ``NOTIFY`` channel of ``coherence="notify"``.
@@ -235,7 +236,7 @@ class SQLAlchemyStore(Store):
             if merged is None or merged is base:
                 return None
             params = guarded_update_params(merged, base)
-            return merged if self._wrote(conn, self._guarded_update, params, announce) else None
+            return merged if self._wrote(conn, self._snapshot_update, params, announce) else None
         if diff.create and self._insert_new is not None:
             record = apply_diff(None, diff)
             if record is not None and self._wrote(conn, self._insert_new, insert_row(record), announce):
