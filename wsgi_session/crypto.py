@@ -152,12 +152,13 @@ class SealedStore(Store):
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
         refused: frozenset[int] = frozenset()
+        unavailable: frozenset[int] = frozenset()
         try:
             results = self.inner.apply([self._seal(diff) for diff in diffs])
         except PartlyApplied as partly:
-            results, refused = partly.results, partly.refused
+            results, refused, unavailable = partly.results, partly.refused, partly.unavailable
         # Applied already: a record that cannot be opened must not fail the others.
-        return each_or_partly(results, self._open, refused)
+        return each_or_partly(results, self._open, refused, unavailable)
 
     def needs_rewrap(self, session_id: str) -> bool:
         """Whether the stored session has a value sealed with an older key

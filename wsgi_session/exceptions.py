@@ -66,17 +66,26 @@ class BadStoredData(BadData):
 
 
 class PartlyApplied(BadStoredData):
-    """A batch of writes of which the store applied some and refused others
-    because their stored sessions cannot be merged into or read back. Raised
-    for batches only (a lone write raises its :class:`BadStoredData`), so
-    that nobody sends the applied ones again: ``results`` holds every diff's
-    result in order (``None`` for a refused one), ``refused`` the indexes of
-    the refused diffs."""
+    """A batch of writes of which the store applied some and not others:
+    ``refused`` holds the indexes of the diffs it refused (their stored
+    sessions cannot be merged into or read back; retrying will not help),
+    ``unavailable`` those it could not take now (an outage for them alone,
+    such as Redis out of memory; retry them later). Raised for batches only
+    (a lone write raises its own error), so that nobody sends the applied
+    ones again: ``results`` holds every diff's result in order (``None``
+    where it was not applied)."""
 
-    def __init__(self, message: str, results: list[t.Any], refused: frozenset[int]) -> None:
+    def __init__(
+        self,
+        message: str,
+        results: list[t.Any],
+        refused: frozenset[int],
+        unavailable: frozenset[int] = frozenset(),
+    ) -> None:
         super().__init__(message)
         self.results = results
         self.refused = refused
+        self.unavailable = unavailable
 
 
 class UnserializableValue(TypeError, SessionError):

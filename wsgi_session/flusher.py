@@ -147,24 +147,15 @@ class Flusher:
         """Write a group of tickets; every ticket ends ``done`` with results or
         an error, whatever the store raises."""
         diffs = [diff for ticket in batch for diff in ticket.diffs]
+        refused: frozenset[int] = frozenset()
+        unavailable: frozenset[int] = frozenset()
         try:
             results = self._store.apply(diffs)
         except StoreError as exc:
-            self.stats.failures += 1
-            log.warning("session store write failed (%s); %d diffs kept for retry", exc, len(diffs))
-            with self._lock:
-                self._backoff = max(self._backoff, 0.1)
-                self._next_try = time.monotonic() + self._backoff
-                for ticket in batch:
-                    try:
-                        self._defer(ticket.diffs)
-                        ticket.results = [None] * len(ticket.diffs)
-                    except StoreUnavailable as full:
-                        ticket.error = full
-                    ticket.done = True
+            self._keep_for_retry(batch, exc)
             return
         except PartlyApplied as partly:  # applied but for some sessions: nothing is sent again
-            results, refused = partly.results, partly.refused
+            results, refused, unavailable = partly.results, partly.refused, partly.unavailable
         except Exception as exc:
             if len(batch) > 1:  # nothing was applied; one bad session must not fail the others
                 for ticket in batch:
@@ -173,25 +164,46 @@ class Flusher:
             batch[0].error = exc  # e.g. BadStoredData: the caller decides
             batch[0].done = True
             return
-        else:
-            refused = frozenset()
         applied: tuple[list[SessionDiff], Results] = ([], [])
+        waiting: list[_Ticket] = []
         position = 0
         for ticket in batch:
-            end = position + len(ticket.diffs)
-            if refused.isdisjoint(range(position, end)):
-                ticket.results = results[position:end]
+            mine = range(position, position + len(ticket.diffs))
+            if not refused.isdisjoint(mine):
+                ticket.error = BadStoredData("a stored session of this write cannot be merged into")
+            elif not unavailable.isdisjoint(mine):
+                waiting.append(ticket)
+            else:
+                ticket.results = results[mine.start : mine.stop]
                 applied[0].extend(ticket.diffs)
                 applied[1].extend(ticket.results)
-            else:
-                ticket.error = BadStoredData("a stored session of this write cannot be merged into")
-            position = end
+            position = mine.stop
+        if waiting:
+            self._keep_for_retry(waiting, StoreUnavailable("the store could not take some of the writes"))
         self.stats.flushes += 1
         self.stats.flushed_diffs += len(applied[0])
         if self._on_written is not None:
             self._on_written(*applied)
         for ticket in batch:
             ticket.done = True
+
+    def _keep_for_retry(self, tickets: list[_Ticket], error: BaseException) -> None:
+        """The store could not take these tickets' writes: keep them pending
+        for the flush thread (their requests go on), or fail them if the
+        queue is full."""
+        diffs = sum(len(ticket.diffs) for ticket in tickets)
+        self.stats.failures += 1
+        log.warning("session store write failed (%s); %d diffs kept for retry", error, diffs)
+        with self._lock:
+            self._backoff = max(self._backoff, 0.1)
+            self._next_try = time.monotonic() + self._backoff
+            for ticket in tickets:
+                try:
+                    self._defer(ticket.diffs)
+                    ticket.results = [None] * len(ticket.diffs)
+                except StoreUnavailable as full:
+                    ticket.error = full
+                ticket.done = True
 
     @staticmethod
     def _result(ticket: _Ticket) -> Results:
@@ -297,6 +309,7 @@ class Flusher:
         written: list[SessionDiff] = []
         owners: list[int] = []  # the chain of each written diff
         refused: frozenset[int] = frozenset()
+        unavailable: frozenset[int] = frozenset()
         try:
             # A busy session's queued writes go as one (the chains stay
             # whole, for the bookkeeping of what is saved and for a retry).
@@ -308,7 +321,7 @@ class Flusher:
         except StoreError as exc:
             return chains, exc
         except PartlyApplied as partly:  # applied but for some sessions: nothing is sent again
-            results, refused = partly.results, partly.refused
+            results, refused, unavailable = partly.results, partly.refused, partly.unavailable
         except Exception as exc:
             if len(chains) == 1:
                 self._lose(*chains[0], exc)
@@ -323,8 +336,10 @@ class Flusher:
         lost = {owners[index] for index in refused}
         for number in sorted(lost):
             self._lose(*chains[number], BadStoredData("its stored session cannot be merged into"))
-        applied = [index for index in range(len(written)) if owners[index] not in lost]
-        diffs = [diff for number, (_, chain) in enumerate(chains) if number not in lost for diff in chain]
+        later = {owners[index] for index in unavailable} - lost  # the store could not take them now
+        done = lost | later
+        applied = [index for index in range(len(written)) if owners[index] not in done]
+        diffs = [diff for number, (_, chain) in enumerate(chains) if number not in done for diff in chain]
         self.stats.flushes += 1
         self.stats.flushed_diffs += len(diffs)
         self.stats.coalesced += len(diffs) - len(applied)
@@ -335,15 +350,22 @@ class Flusher:
             self._saved(diffs)
         if self._on_written is not None:
             self._on_written([written[index] for index in applied], [results[index] for index in applied])
+        if later:
+            return [chains[number] for number in sorted(later)], StoreUnavailable(
+                "the store could not take some of the writes"
+            )
         return [], None
 
     def _lose(self, session_id: str, chain: list[SessionDiff], error: BaseException) -> None:
         """Give up on one session's writes that the store refused (not an
-        outage: retrying would not help), loudly."""
+        outage: retrying would not help), loudly; the cache lets go of its
+        copy, which has them, so the next request reads what is stored."""
         with self._lock:
             self.stats.lost += len(chain)
             self._saved(chain)
         log.error("session %s...: %d writes could NOT be saved: %s", session_id[:6], len(chain), error)
+        if self._on_written is not None:
+            self._on_written(chain, [None] * len(chain))
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush everything pending, retrying until ``timeout`` seconds have

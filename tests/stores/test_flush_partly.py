@@ -14,17 +14,24 @@ and writing session by session is right; the test holds for them too.
 from __future__ import annotations
 
 import dataclasses
+import time
 import typing as t
 
 import pytest
+import redis
+from services import RedisServer
 
 from wsgi_session import SessionConfig
 from wsgi_session.coherence import CachedStore
 from wsgi_session.crypto import SealedStore, Sealer
+from wsgi_session.record import SessionDiff
+from wsgi_session.stores import RedisStore
 
 from .conftest import PERSISTENT_BACKENDS
 
 if t.TYPE_CHECKING:
+    from pathlib import Path
+
     from .conftest import Backend
 
     MakeDiff = t.Callable[..., t.Any]
@@ -66,6 +73,7 @@ def test_a_bad_session_in_a_flush_neither_fails_nor_replays_the_others(
         entry = cached.cache.peek("good")
         assert entry is not None
         assert entry.record == good
+        assert cached.cache.peek("bad") is None  # its copy had the lost write: read the store again
     finally:
         cached.close()
 
@@ -101,3 +109,44 @@ def test_a_bad_session_in_a_group_commit_fails_only_its_own_request(
         assert (stored.values["n"], stored.version) == (b"1", 2)
     finally:
         cached.close()
+
+
+@pytest.mark.redis
+def test_a_write_redis_has_no_memory_for_is_retried_alone(tmp_path: Path) -> None:
+    """Out of memory, Redis refuses a large write and takes the small ones of
+    the same pipeline: the small ones are saved once, the large one waits for
+    the next flush (not lost: an outage), and nothing is applied twice."""
+    server = RedisServer(tmp_path).start()
+    client = redis.Redis(port=server.port)
+    cached = CachedStore(
+        RedisStore(client), SessionConfig(secret_keys=["flush-partly-" + "k" * 32], write_mode="background")
+    )
+    cached.flusher._task.interval = cached.flusher._task.first_delay = 3600  # flushes only when told
+    try:
+        now = time.time()
+
+        def write(session_id: str, value: bytes, **fields: t.Any) -> None:
+            base = None if fields.get("create") else cached.load(session_id)
+            diff = SessionDiff(
+                session_id, {"v": value}, frozenset(), False, now + 600, None, False, now, base=base
+            )
+            cached.apply([dataclasses.replace(diff, **fields)])
+
+        for session_id in ("big", "small1", "small2"):
+            write(session_id, b"0", create=True)
+        # Room for the small writes, not for the big one (sent last in the pipeline).
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 1_000_000)
+        write("small1", b"1")
+        write("small2", b"1")
+        write("big", b"x" * 2_000_000)
+        assert not cached.flusher.flush_pending(force=True)  # the big one is still pending
+        assert cached.flusher.stats.lost == 0
+        assert [cached.inner.load(s).version for s in ("small1", "small2")] == [2, 2]  # type: ignore[union-attr]
+        client.config_set("maxmemory", 0)
+        assert cached.flusher.flush_pending(force=True)
+        versions = [cached.inner.load(s).version for s in ("big", "small1", "small2")]  # type: ignore[union-attr]
+        assert versions == [2, 2, 2]  # each write applied once
+    finally:
+        cached.close()
+        client.close()
+        server.stop()

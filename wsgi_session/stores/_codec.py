@@ -120,29 +120,37 @@ Item = t.TypeVar("Item")
 
 
 def each_or_partly(
-    items: t.Sequence[Item], convert: t.Callable[[Item], T], refused: frozenset[int] = frozenset()
+    items: t.Sequence[Item],
+    convert: t.Callable[[Item], T],
+    refused: frozenset[int] = frozenset(),
+    unavailable: frozenset[int] = frozenset(),
 ) -> list[T | None]:
     """``convert`` each result of a batch write that has been applied.
 
-    An item that raises :class:`~wsgi_session.exceptions.BadStoredData`
-    does not stop the others: they are applied already, and raising for the
-    whole batch would get them sent again. A lone item raises its error; in
-    a batch, any refused item (or ``refused``, from a store below) makes it
+    An item that raises does not stop the others: they are applied already,
+    and raising for the whole batch would get them sent again. A lone item
+    raises its error; in a batch, an item that raises
+    :class:`~wsgi_session.exceptions.StoreUnavailable` is *unavailable*
+    (retry it), any other error *refused* (do not), and any of either (or
+    ``refused`` and ``unavailable``, from a store below) makes the batch
     :class:`~wsgi_session.exceptions.PartlyApplied`, with every result."""
     results: list[T | None] = []
-    first: BadStoredData | None = None
+    first: Exception | None = None
     for index, item in enumerate(items):
         try:
-            results.append(None if index in refused else convert(item))
-        except BadStoredData as exc:
+            results.append(None if index in refused or index in unavailable else convert(item))
+        except Exception as exc:
             if len(items) == 1:
                 raise
             results.append(None)
-            refused |= {index}
+            if isinstance(exc, StoreUnavailable):
+                unavailable |= {index}
+            else:
+                refused |= {index}
             first = first or exc
-    if refused:
-        message = first.message if first is not None else "some stored sessions could not be written"
-        raise PartlyApplied(message, results, refused) from first
+    if refused or unavailable:
+        message = str(first) if first is not None else "some stored sessions could not be written"
+        raise PartlyApplied(message, results, refused, unavailable) from first
     return results
 
 

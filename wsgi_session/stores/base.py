@@ -67,7 +67,12 @@ class Store(abc.ABC):
         records in order (``None`` where a diff was dropped). Merge exactly as
         :func:`~wsgi_session.record.apply_diff` does, the version included:
         it moves on by ``diff.span`` (a flushed diff may stand for several
-        requests' writes), or a process's cached copy runs ahead of the store."""
+        requests' writes), or a process's cached copy runs ahead of the store.
+
+        A batch that is applied for some diffs and not others must raise
+        :class:`~wsgi_session.exceptions.PartlyApplied` with every result
+        (the flusher must not send the applied ones again); any other
+        exception means nothing of the batch was applied."""
 
     @abc.abstractmethod
     def delete(self, session_ids: t.Iterable[str]) -> None:

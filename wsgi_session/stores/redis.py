@@ -45,7 +45,7 @@ import typing as t
 
 import redis.exceptions as rex
 
-from ..exceptions import BadStoredData
+from ..exceptions import BadStoredData, StoreUnavailable
 from ..record import apply_diff
 from ._codec import each_or_partly, unavailable_on
 from ._redis_layout import BAD_RECORD, MERGE_SCRIPT, VERSION, pairs, record_from_fields, script_args
@@ -358,4 +358,6 @@ def _reply_to_record(written: tuple[SessionDiff, t.Any]) -> SessionRecord | None
         message = str(reply)
         if BAD_RECORD in message or "WRONGTYPE" in message:
             raise BadStoredData("stored session is malformed: cannot merge into it") from reply
-    raise reply  # an outage becomes StoreUnavailable in the caller's context
+    if _is_outage(reply):  # for this write alone, maybe (Redis out of memory): retry it
+        raise StoreUnavailable(f"Redis is unavailable: {reply}") from reply
+    raise reply
