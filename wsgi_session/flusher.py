@@ -37,7 +37,7 @@ from collections import OrderedDict
 
 from .background import PeriodicTask
 from .exceptions import BadStoredData, PartlyApplied, StoreError, StoreUnavailable
-from .record import coalesce
+from .record import fold, foldable_runs
 
 if t.TYPE_CHECKING:
     from .record import SessionDiff, SessionRecord
@@ -152,7 +152,11 @@ class Flusher:
         try:
             results = self._store.apply(diffs)
         except StoreError as exc:
-            self._keep_for_retry(batch, exc)
+            for ticket in batch:
+                ticket.results = [None] * len(ticket.diffs)
+            self._keep_for_retry([(ticket, ticket.diffs) for ticket in batch], exc)
+            for ticket in batch:
+                ticket.done = True
             return
         except PartlyApplied as partly:  # applied but for some sessions: nothing is sent again
             results, refused, unavailable = partly.results, partly.refused, partly.unavailable
@@ -165,19 +169,22 @@ class Flusher:
             batch[0].done = True
             return
         applied: tuple[list[SessionDiff], Results] = ([], [])
-        waiting: list[_Ticket] = []
+        waiting: list[tuple[_Ticket, t.Sequence[SessionDiff]]] = []  # writes the store could not take now
         position = 0
         for ticket in batch:
             mine = range(position, position + len(ticket.diffs))
+            position = mine.stop
             if not refused.isdisjoint(mine):
                 ticket.error = BadStoredData("a stored session of this write cannot be merged into")
-            elif not unavailable.isdisjoint(mine):
-                waiting.append(ticket)
-            else:
-                ticket.results = results[mine.start : mine.stop]
-                applied[0].extend(ticket.diffs)
-                applied[1].extend(ticket.results)
-            position = mine.stop
+                continue
+            ticket.results = results[mine.start : mine.stop]
+            later = [diff for index, diff in zip(mine, ticket.diffs, strict=True) if index in unavailable]
+            if later:
+                waiting.append((ticket, later))
+            for index, diff, result in zip(mine, ticket.diffs, ticket.results, strict=True):
+                if index not in unavailable:
+                    applied[0].append(diff)
+                    applied[1].append(result)
         if waiting:
             self._keep_for_retry(waiting, StoreUnavailable("the store could not take some of the writes"))
         self.stats.flushes += 1
@@ -187,23 +194,24 @@ class Flusher:
         for ticket in batch:
             ticket.done = True
 
-    def _keep_for_retry(self, tickets: list[_Ticket], error: BaseException) -> None:
-        """The store could not take these tickets' writes: keep them pending
-        for the flush thread (their requests go on), or fail them if the
-        queue is full."""
-        diffs = sum(len(ticket.diffs) for ticket in tickets)
+    def _keep_for_retry(
+        self, writes: list[tuple[_Ticket, t.Sequence[SessionDiff]]], error: BaseException
+    ) -> None:
+        """The store could not take these writes now: keep them pending for
+        the flush thread (their requests go on), each ticket's as far as the
+        queue has room; a ticket whose writes do not fit fails with
+        :class:`~wsgi_session.exceptions.StoreUnavailable`."""
         self.stats.failures += 1
-        log.warning("session store write failed (%s); %d diffs kept for retry", error, diffs)
+        count = sum(len(diffs) for _, diffs in writes)
+        log.warning("session store write failed (%s); %d diffs kept for retry", error, count)
         with self._lock:
             self._backoff = max(self._backoff, 0.1)
             self._next_try = time.monotonic() + self._backoff
-            for ticket in tickets:
+            for ticket, diffs in writes:
                 try:
-                    self._defer(ticket.diffs)
-                    ticket.results = [None] * len(ticket.diffs)
+                    self._defer(diffs)
                 except StoreUnavailable as full:
                     ticket.error = full
-                ticket.done = True
 
     @staticmethod
     def _result(ticket: _Ticket) -> Results:
@@ -306,21 +314,18 @@ class Flusher:
         transaction, rolled back) is written again session by session.
         Returns the chains to retry (the store was unreachable) and the
         error."""
-        written: list[SessionDiff] = []
-        owners: list[int] = []  # the chain of each written diff
+        # A busy session's queued writes go as one: each written diff is a
+        # run of the chain's (the runs are kept for the bookkeeping of what
+        # is saved, and for a retry of exactly what was not applied).
+        runs = [(session_id, run) for session_id, chain in chains for run in foldable_runs(chain)]
+        written = [fold(run) for _, run in runs]
         refused: frozenset[int] = frozenset()
         unavailable: frozenset[int] = frozenset()
         try:
-            # A busy session's queued writes go as one (the chains stay
-            # whole, for the bookkeeping of what is saved and for a retry).
-            for number, (_, chain) in enumerate(chains):
-                folded = coalesce(chain)
-                written += folded
-                owners += [number] * len(folded)
             results = self._store.apply(written)
         except StoreError as exc:
             return chains, exc
-        except PartlyApplied as partly:  # applied but for some sessions: nothing is sent again
+        except PartlyApplied as partly:  # applied but for some writes: nothing is sent again
             results, refused, unavailable = partly.results, partly.refused, partly.unavailable
         except Exception as exc:
             if len(chains) == 1:
@@ -333,13 +338,10 @@ class Flusher:
                 failed += retry
                 error = error or problem
             return failed, error
-        lost = {owners[index] for index in refused}
-        for number in sorted(lost):
-            self._lose(*chains[number], BadStoredData("its stored session cannot be merged into"))
-        later = {owners[index] for index in unavailable} - lost  # the store could not take them now
-        done = lost | later
-        applied = [index for index in range(len(written)) if owners[index] not in done]
-        diffs = [diff for number, (_, chain) in enumerate(chains) if number not in done for diff in chain]
+        for index in sorted(refused):
+            self._lose(*runs[index], BadStoredData("its stored session cannot be merged into"))
+        applied = [index for index in range(len(runs)) if index not in refused and index not in unavailable]
+        diffs = [diff for index in applied for diff in runs[index][1]]
         self.stats.flushes += 1
         self.stats.flushed_diffs += len(diffs)
         self.stats.coalesced += len(diffs) - len(applied)
@@ -350,11 +352,13 @@ class Flusher:
             self._saved(diffs)
         if self._on_written is not None:
             self._on_written([written[index] for index in applied], [results[index] for index in applied])
-        if later:
-            return [chains[number] for number in sorted(later)], StoreUnavailable(
-                "the store could not take some of the writes"
-            )
-        return [], None
+        if not unavailable:
+            return [], None
+        later: dict[str, list[SessionDiff]] = {}  # the store could not take them now
+        for index in sorted(unavailable):
+            session_id, run = runs[index]
+            later.setdefault(session_id, []).extend(run)
+        return list(later.items()), StoreUnavailable("the store could not take some of the writes")
 
     def _lose(self, session_id: str, chain: list[SessionDiff], error: BaseException) -> None:
         """Give up on one session's writes that the store refused (not an

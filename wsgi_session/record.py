@@ -186,18 +186,20 @@ def coalesce(diffs: t.Sequence[SessionDiff]) -> list[SessionDiff]:
     (a renewal's or a consent's copy of older data), may create the record
     when the first may not (the run would have been dropped), or is, or
     follows, a forwarding stub's."""
-    folded: list[SessionDiff] = []
-    run: list[SessionDiff] = []
+    return [fold(run) for run in foldable_runs(diffs)]
+
+
+def foldable_runs(diffs: t.Sequence[SessionDiff]) -> list[list[SessionDiff]]:
+    """``diffs`` cut into the runs that :func:`coalesce` folds into one
+    diff each (a writer that must know which diffs a folded one stands for
+    folds these itself, with :func:`fold`)."""
+    runs: list[list[SessionDiff]] = []
     for diff in diffs:
-        if run and _joins(run[0], diff):
-            run.append(diff)
-            continue
-        if run:
-            folded.append(_fold(run))
-        run = [diff]
-    if run:
-        folded.append(_fold(run))
-    return folded
+        if runs and _joins(runs[-1][0], diff):
+            runs[-1].append(diff)
+        else:
+            runs.append([diff])
+    return runs
 
 
 def _joins(first: SessionDiff, later: SessionDiff) -> bool:
@@ -212,8 +214,8 @@ def _joins(first: SessionDiff, later: SessionDiff) -> bool:
     )
 
 
-def _fold(run: list[SessionDiff]) -> SessionDiff:
-    """A run of diffs (see :func:`_joins`) as one, in one pass over its keys."""
+def fold(run: list[SessionDiff]) -> SessionDiff:
+    """A run of :func:`foldable_runs` as one diff, in one pass over its keys."""
     first = run[0]
     if len(run) == 1:
         return first

@@ -111,42 +111,115 @@ def test_a_bad_session_in_a_group_commit_fails_only_its_own_request(
         cached.close()
 
 
+class ShortOfMemory:
+    """A private Redis behind a background-mode cache, whose memory can be
+    made to fit small writes and not a large one (a real fault: Redis
+    refuses a write with OOM and runs the rest of the pipeline)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.server = RedisServer(tmp_path).start()
+        self.client = redis.Redis(port=self.server.port)
+        config = SessionConfig(secret_keys=["flush-partly-" + "k" * 32], write_mode="background")
+        self.cached = CachedStore(RedisStore(self.client), config)
+        self.cached.flusher._task.interval = self.cached.flusher._task.first_delay = 3600  # flushes when told
+        self.now = time.time()
+
+    def diff(self, session_id: str, value: bytes, **fields: t.Any) -> SessionDiff:
+        base = None if fields.get("create") else self.cached.load(session_id)
+        diff = SessionDiff(
+            session_id, {"v": value}, frozenset(), False, self.now + 600, None, False, self.now, base=base
+        )
+        return dataclasses.replace(diff, **fields)
+
+    def write(self, session_id: str, value: bytes, **fields: t.Any) -> None:
+        self.cached.apply([self.diff(session_id, value, **fields)])
+
+    def squeeze(self) -> None:
+        """Room for small writes, not for one of 2 MB."""
+        self.client.config_set("maxmemory", int(self.client.info("memory")["used_memory"]) + 1_000_000)
+
+    def relieve(self) -> None:
+        self.client.config_set("maxmemory", 0)
+
+    def versions(self, *session_ids: str) -> list[int | None]:
+        return [getattr(self.cached.inner.load(s), "version", None) for s in session_ids]
+
+    def close(self) -> None:
+        self.cached.close()
+        self.client.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def short_of_memory(tmp_path: Path) -> t.Iterator[ShortOfMemory]:
+    redis_ = ShortOfMemory(tmp_path)
+    yield redis_
+    redis_.close()
+
+
+BIG = b"x" * 2_000_000
+
+
 @pytest.mark.redis
-def test_a_write_redis_has_no_memory_for_is_retried_alone(tmp_path: Path) -> None:
+def test_a_write_redis_has_no_memory_for_is_retried_alone(short_of_memory: ShortOfMemory) -> None:
     """Out of memory, Redis refuses a large write and takes the small ones of
     the same pipeline: the small ones are saved once, the large one waits for
     the next flush (not lost: an outage), and nothing is applied twice."""
-    server = RedisServer(tmp_path).start()
-    client = redis.Redis(port=server.port)
-    cached = CachedStore(
-        RedisStore(client), SessionConfig(secret_keys=["flush-partly-" + "k" * 32], write_mode="background")
-    )
-    cached.flusher._task.interval = cached.flusher._task.first_delay = 3600  # flushes only when told
-    try:
-        now = time.time()
+    r = short_of_memory
+    for session_id in ("big", "small1", "small2"):
+        r.write(session_id, b"0", create=True)
+    r.squeeze()
+    r.write("small1", b"1")
+    r.write("small2", b"1")
+    r.write("big", BIG)  # sent last in the pipeline
+    assert not r.cached.flusher.flush_pending(force=True)  # the big one is still pending
+    assert r.cached.flusher.stats.lost == 0
+    assert r.versions("small1", "small2") == [2, 2]
+    r.relieve()
+    assert r.cached.flusher.flush_pending(force=True)
+    assert r.versions("big", "small1", "small2") == [2, 2, 2]  # each write applied once
 
-        def write(session_id: str, value: bytes, **fields: t.Any) -> None:
-            base = None if fields.get("create") else cached.load(session_id)
-            diff = SessionDiff(
-                session_id, {"v": value}, frozenset(), False, now + 600, None, False, now, base=base
-            )
-            cached.apply([dataclasses.replace(diff, **fields)])
 
-        for session_id in ("big", "small1", "small2"):
-            write(session_id, b"0", create=True)
-        # Room for the small writes, not for the big one (sent last in the pipeline).
-        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 1_000_000)
-        write("small1", b"1")
-        write("small2", b"1")
-        write("big", b"x" * 2_000_000)
-        assert not cached.flusher.flush_pending(force=True)  # the big one is still pending
-        assert cached.flusher.stats.lost == 0
-        assert [cached.inner.load(s).version for s in ("small1", "small2")] == [2, 2]  # type: ignore[union-attr]
-        client.config_set("maxmemory", 0)
-        assert cached.flusher.flush_pending(force=True)
-        versions = [cached.inner.load(s).version for s in ("big", "small1", "small2")]  # type: ignore[union-attr]
-        assert versions == [2, 2, 2]  # each write applied once
-    finally:
-        cached.close()
-        client.close()
-        server.stop()
+@pytest.mark.redis
+def test_only_the_refused_part_of_a_sessions_queued_writes_is_retried(short_of_memory: ShortOfMemory) -> None:
+    """A session's queued writes that do not fold into one (here the second
+    carries ``defaults``) go as two; when Redis takes the first and refuses
+    the second, only the second is sent again."""
+    r = short_of_memory
+    r.write("s1", b"0", create=True)
+    r.squeeze()
+    r.write("s1", b"1")
+    r.write("s1", BIG, defaults={"old": b"1"})
+    assert not r.cached.flusher.flush_pending(force=True)
+    assert r.versions("s1") == [2]
+    r.relieve()
+    assert r.cached.flusher.flush_pending(force=True)
+    assert r.versions("s1") == [3]  # created, then two writes, each applied once
+
+
+@pytest.mark.redis
+def test_a_group_commit_keeps_only_what_redis_refused_for_later(short_of_memory: ShortOfMemory) -> None:
+    """Strict writes committed together (a group, formed by hand here): a
+    request whose write Redis refuses for memory has it kept pending (its
+    request goes on, as in any outage), one whose write went through gets
+    its record; a ticket's expiry touch that went through is not resent."""
+    from wsgi_session.flusher import _Ticket
+
+    r = short_of_memory
+    for session_id in ("big", "small"):
+        r.write(session_id, b"0", create=True)
+    r.squeeze()
+    touch = dataclasses.replace(r.diff("big", b""), set={}, expires=r.now + 900)
+    big, small = _Ticket([touch, r.diff("big", BIG)]), _Ticket([r.diff("small", b"1")])
+    r.cached.flusher._write_batch([small, big])  # the big write last: it fills the memory
+    assert big.done
+    assert small.done
+    assert big.error is None
+    assert small.error is None
+    assert [getattr(record, "version", None) for record in small.results] == [2]
+    assert big.results[1] is None  # kept pending: not written yet
+    assert r.cached.flusher.has_pending("big")
+    assert r.versions("big", "small") == [2, 2]  # the touch went through
+    r.relieve()
+    assert r.cached.flusher.flush_pending(force=True)
+    assert r.versions("big", "small") == [3, 2]  # the big write once, the touch not again
