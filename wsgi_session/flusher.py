@@ -147,8 +147,6 @@ class Flusher:
         """Write a group of tickets; every ticket ends ``done`` with results or
         an error, whatever the store raises."""
         diffs = [diff for ticket in batch for diff in ticket.diffs]
-        refused: frozenset[int] = frozenset()
-        unavailable: frozenset[int] = frozenset()
         try:
             results = self._store.apply(diffs)
         except StoreError as exc:
@@ -158,8 +156,9 @@ class Flusher:
             for ticket in batch:
                 ticket.done = True
             return
-        except PartlyApplied as partly:  # applied but for some sessions: nothing is sent again
-            results, refused, unavailable = partly.results, partly.refused, partly.unavailable
+        except PartlyApplied as partly:  # applied but for some writes: nothing is sent again
+            self._settle_partly(batch, partly)
+            return
         except Exception as exc:
             if len(batch) > 1:  # nothing was applied; one bad session must not fail the others
                 for ticket in batch:
@@ -168,23 +167,39 @@ class Flusher:
             batch[0].error = exc  # e.g. BadStoredData: the caller decides
             batch[0].done = True
             return
+        self.stats.flushes += 1
+        self.stats.flushed_diffs += len(diffs)
+        if self._on_written is not None:
+            self._on_written(diffs, results)
+        position = 0
+        for ticket in batch:
+            ticket.results = results[position : position + len(ticket.diffs)]
+            position += len(ticket.diffs)
+            ticket.done = True
+
+    def _settle_partly(self, batch: list[_Ticket], partly: PartlyApplied) -> None:
+        """A group the store applied but for some writes: a ticket with a
+        refused write fails, one with writes the store could not take now
+        keeps those pending, the rest get their results."""
         applied: tuple[list[SessionDiff], Results] = ([], [])
-        waiting: list[tuple[_Ticket, t.Sequence[SessionDiff]]] = []  # writes the store could not take now
+        waiting: list[tuple[_Ticket, t.Sequence[SessionDiff]]] = []
         position = 0
         for ticket in batch:
             mine = range(position, position + len(ticket.diffs))
             position = mine.stop
-            if not refused.isdisjoint(mine):
+            if not partly.refused.isdisjoint(mine):
                 ticket.error = BadStoredData("a stored session of this write cannot be merged into")
                 continue
-            ticket.results = results[mine.start : mine.stop]
-            later = [diff for index, diff in zip(mine, ticket.diffs, strict=True) if index in unavailable]
-            if later:
-                waiting.append((ticket, later))
+            ticket.results = partly.results[mine.start : mine.stop]
+            later: list[SessionDiff] = []
             for index, diff, result in zip(mine, ticket.diffs, ticket.results, strict=True):
-                if index not in unavailable:
+                if index in partly.unavailable:
+                    later.append(diff)
+                else:
                     applied[0].append(diff)
                     applied[1].append(result)
+            if later:
+                waiting.append((ticket, later))
         if waiting:
             self._keep_for_retry(waiting, StoreUnavailable("the store could not take some of the writes"))
         self.stats.flushes += 1
@@ -197,10 +212,9 @@ class Flusher:
     def _keep_for_retry(
         self, writes: list[tuple[_Ticket, t.Sequence[SessionDiff]]], error: BaseException
     ) -> None:
-        """The store could not take these writes now: keep them pending for
-        the flush thread (their requests go on), each ticket's as far as the
-        queue has room; a ticket whose writes do not fit fails with
-        :class:`~wsgi_session.exceptions.StoreUnavailable`."""
+        """Keep writes the store could not take now pending for the flush
+        thread (their requests go on); a ticket whose writes do not fit in
+        the queue fails with :class:`~wsgi_session.exceptions.StoreUnavailable`."""
         self.stats.failures += 1
         count = sum(len(diffs) for _, diffs in writes)
         log.warning("session store write failed (%s); %d diffs kept for retry", error, count)
@@ -272,9 +286,10 @@ class Flusher:
             self.stats.pending = self._pending_count
 
     def flush_pending(self, force: bool = False) -> bool:
-        """Write every pending diff in one batch (the flush thread calls this).
-        Respects the retry backoff unless ``force``. Returns whether the
-        queue is now empty."""
+        """Write every pending diff in one batch (the flush thread calls this,
+        and :meth:`close` once the thread has stopped: never two at once, or
+        two batches of one session could land out of order). Respects the
+        retry backoff unless ``force``. Returns whether the queue is empty."""
         with self._lock:
             if not self._pending:
                 return True
@@ -306,17 +321,13 @@ class Flusher:
     def _write_chains(
         self, chains: list[tuple[str, list[SessionDiff]]]
     ) -> tuple[list[tuple[str, list[SessionDiff]]], BaseException | None]:
-        """Write pending chains (one per session) in one batch. One bad
-        stored row must not hold back, or replay, everybody else's writes: a
-        batch the store applied except for some sessions
-        (:class:`~wsgi_session.exceptions.PartlyApplied`) loses only theirs;
-        one it refused whole for a reason other than an outage (a
-        transaction, rolled back) is written again session by session.
-        Returns the chains to retry (the store was unreachable) and the
-        error."""
-        # A busy session's queued writes go as one: each written diff is a
-        # run of the chain's (the runs are kept for the bookkeeping of what
-        # is saved, and for a retry of exactly what was not applied).
+        """Write pending chains (one per session) in one batch; return the
+        chains to retry (the store could not take them) and the error. One
+        bad stored row neither holds back nor replays the others: a batch
+        applied but for some writes (:class:`~wsgi_session.exceptions.PartlyApplied`)
+        settles write by write; one refused whole, session by session."""
+        # A busy session's queued writes go as one; the runs behind each
+        # written diff are kept for the bookkeeping and for a retry.
         runs = [(session_id, run) for session_id, chain in chains for run in foldable_runs(chain)]
         written = [fold(run) for _, run in runs]
         refused: frozenset[int] = frozenset()
