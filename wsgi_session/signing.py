@@ -69,6 +69,22 @@ def urlsafe_b64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+def _canonical(signature: str) -> bool:
+    """Whether ``signature`` is the one unpadded URL-safe base64 spelling of
+    its bytes. A decoder ignores the spare low bits of the last character,
+    so several spellings decode alike; only the one :func:`urlsafe_b64`
+    writes is a token's."""
+    raw = signature.encode("ascii").translate(_FROM_URLSAFE)
+    try:
+        data = binascii.a2b_base64(raw + b"=" * (-len(raw) % 4))
+    except binascii.Error:
+        return False
+    return urlsafe_b64(data) == signature
+
+
 def is_valid_id(session_id: str) -> bool:
     """Whether ``session_id`` has the shape of a session id."""
     return _ID.match(session_id) is not None
@@ -179,6 +195,8 @@ class TokenSigner:
         if match is None:
             raise MalformedToken("token is not of the form id.flags.issued.signature", value)
         session_id, flags, issued, signature = match.groups()
+        if not _canonical(signature):  # base64 spells each digest once: no look-alike tokens
+            raise BadSignature("token signature is not canonical base64", value)
         body = value[: match.start(4) - 1]
         try:
             valid = self._signer.verify_signature(f"{body}\x1f{binding}", signature)
