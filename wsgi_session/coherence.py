@@ -174,14 +174,14 @@ class CachedStore(Store):
         return None if entry is None else entry.record
 
     def _written(self, diffs: t.Sequence[SessionDiff], results: list[SessionRecord | None]) -> None:
-        """Take the records the store returned into the cache."""
+        """Take the records the store returned into the cache, unless the
+        cached copy is newer: a request may have merged its write into it
+        and not queued it yet (so it is not counted as unsaved)."""
         for diff, record in zip(diffs, results, strict=True):
             if self.flusher.holds_unsaved(diff.id):
                 continue  # newer own writes are merged in the cached copy
             if record is None:
                 self.cache.pop(diff.id)
-            elif self.listener is None:
-                self.cache.put(diff.id, _Entry(record))
             else:
                 self.cache.update(diff.id, _newer, record)
 
