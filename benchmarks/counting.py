@@ -3,8 +3,8 @@
 * **Redis**: every round trip of redis-py is one ``send_packed_command`` on a
   connection (a pipeline packs all its commands into one send). A client
   built by :func:`counting_redis` uses a connection class that counts them.
-* **SQL statements**: an SQLAlchemy ``before_cursor_execute`` listener
-  (:func:`count_sql`) counts the statements the code executes.
+* **SQL statements**: the DBAPI cursor of a connection made with
+  :func:`counting_connect_args` counts the statements it executes.
 * **PostgreSQL round trips**: psycopg2 also sends queries of its own that no
   SQLAlchemy event sees — ``BEGIN`` before the first statement of a
   transaction, ``ROLLBACK`` when a connection goes back to the pool,
@@ -28,7 +28,6 @@ import typing as t
 
 if t.TYPE_CHECKING:
     import redis
-    import sqlalchemy as sa
 
 #: Startup-phase request codes that are followed by another startup message.
 _SSL_REQUEST, _GSSENC_REQUEST = 80877103, 80877104
@@ -77,16 +76,46 @@ def counting_redis(url: str, counter: Counter) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-def count_sql(engine: sa.Engine, counters: Counters) -> None:
-    """Count the statements ``engine`` executes into ``counters``."""
-    from sqlalchemy import event
+def counting_connect_args(url: str, counter: Counter) -> dict[str, t.Any]:
+    """``connect_args`` for ``sqlalchemy.create_engine(url, ...)`` whose
+    connections add 1 to ``counter`` per statement a cursor executes
+    (PostgreSQL through psycopg2, or SQLite).
 
-    statements = counters.sql_statements
+    Counted at the DBAPI, below SQLAlchemy, because a listener on the
+    engine's statement events would change what is measured: the store runs
+    its request-path reads on the cursor only while nothing listens
+    (:mod:`wsgi_session.stores._sql_reads`)."""
+    if url.startswith("postgresql"):
+        import psycopg2.extensions
 
-    def on_statement(*args: t.Any) -> None:
-        statements.add()
+        class CountingCursor(psycopg2.extensions.cursor):
+            def execute(self, query: t.Any, vars: t.Any = None) -> None:
+                counter.add()
+                super().execute(query, vars)
 
-    event.listen(engine, "before_cursor_execute", on_statement)
+            def executemany(self, query: t.Any, vars_list: t.Any) -> None:
+                counter.add()
+                super().executemany(query, vars_list)
+
+        return {"cursor_factory": CountingCursor}
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        class CountingSQLiteCursor(sqlite3.Cursor):
+            def execute(self, sql: str, parameters: t.Any = (), /) -> CountingSQLiteCursor:
+                counter.add()
+                return super().execute(sql, parameters)
+
+            def executemany(self, sql: str, parameters: t.Any, /) -> CountingSQLiteCursor:
+                counter.add()
+                return super().executemany(sql, parameters)
+
+        class CountingSQLiteConnection(sqlite3.Connection):
+            def cursor(self, factory: t.Any = CountingSQLiteCursor) -> t.Any:
+                return super().cursor(factory)
+
+        return {"factory": CountingSQLiteConnection}
+    raise ValueError(f"no statement counting for {url!r}")
 
 
 class PostgresQueryCounter:

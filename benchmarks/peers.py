@@ -21,7 +21,7 @@ import warnings
 
 from .apps import flask_app, wsgi_app
 from .cleanup import delete_redis_keys, drop_postgres_tables
-from .counting import Counters, count_sql, counting_redis
+from .counting import Counters, counting_connect_args, counting_redis
 from .settings import REDIS_URL, SECRET, Namespace
 from .subjects import Subject, Target, Unavailable
 
@@ -176,13 +176,15 @@ def flask_session_postgresql(namespace: Namespace) -> Target:
         SQLALCHEMY_DATABASE_URI=namespace.postgres_url,
         SESSION_TYPE="sqlalchemy",
         SESSION_SQLALCHEMY_TABLE=table,
+        SQLALCHEMY_ENGINE_OPTIONS={
+            "connect_args": counting_connect_args(namespace.postgres_url, counters.sql_statements)
+        },
     )
     db = SQLAlchemy(app)
     app.config["SESSION_SQLALCHEMY"] = db
     Session(app)
     with app.app_context():
         engine = db.engine
-    count_sql(engine, counters)
 
     def clear() -> None:
         import sqlalchemy as sa

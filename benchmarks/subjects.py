@@ -17,7 +17,7 @@ import typing as t
 
 from .apps import flask_app, wsgi_app
 from .cleanup import delete_redis_keys, drop_postgres_tables, remove_sqlite_files
-from .counting import Counters, count_sql, counting_redis
+from .counting import Counters, counting_connect_args, counting_redis
 from .settings import REDIS_URL, SECRET, Namespace
 
 if t.TYPE_CHECKING:
@@ -113,15 +113,13 @@ def _make_store(
     from wsgi_session.stores import SQLAlchemyStore
 
     url = namespace.postgres_url if store == "postgresql" else namespace.sqlite_url(slug)
-    engine = sa.create_engine(url, pool_size=8) if store == "postgresql" else sa.create_engine(url)
-    count_sql(engine, counters)
-    store = SQLAlchemyStore(engine, table_name=namespace.table(slug))
-    # The store's autocommit statements run on a pool (and Engine) of its
-    # own on a database server: count those too.
-    single = store.autocommit_engine
-    if single.pool is not engine.pool:
-        count_sql(single, counters)
-    return store, engine
+    # The store's own autocommit pool is made with the same connect_args: its statements count too.
+    connect_args = counting_connect_args(url, counters.sql_statements)
+    if store == "postgresql":
+        engine = sa.create_engine(url, pool_size=8, connect_args=connect_args)
+    else:
+        engine = sa.create_engine(url, connect_args=connect_args)
+    return SQLAlchemyStore(engine, table_name=namespace.table(slug)), engine
 
 
 def _cleanup_store(store: str, slug: str) -> t.Callable[[Namespace], None]:

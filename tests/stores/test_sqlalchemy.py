@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 import typing as t
 import uuid
 
@@ -329,27 +330,36 @@ def test_a_forked_child_opens_its_own_autocommit_connections(backend: Backend, m
     store.apply([make_diff("s1", {"k": b"v"}, create=True)])
     with store.autocommit_engine.connect() as conn:  # the connection the pool keeps
         parent_session = conn.exec_driver_sql(whoami).scalar()
+    checked_out: list[str] = []
+
+    def who(dbapi_connection: t.Any, record: t.Any, proxy: t.Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(whoami)
+        checked_out.append(str(cursor.fetchone()[0]))
+        cursor.close()
+
+    sa.event.listen(store.autocommit_engine.pool, "checkout", who)  # kept by the child's new pool
     reader, writer = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: a read and a write on the autocommit pool, then who it was
+    if pid == 0:  # the child: a read and a write on the autocommit pool, then who served them
         code = 1
         try:
             record = store.load("s1")
             if record is not None:
                 diff = dataclasses.replace(make_diff("s1", {"child": b"1"}), base=record)
                 if store.apply([diff])[0] is not None:
-                    with store.autocommit_engine.connect() as conn:
-                        os.write(writer, str(conn.exec_driver_sql(whoami).scalar()).encode())
+                    os.write(writer, " ".join(checked_out).encode())
                     code = 0
         finally:
             os._exit(code)
     os.close(writer)
     _, status = os.waitpid(pid, 0)
-    child_session = os.read(reader, 64).decode()
+    child_sessions = os.read(reader, 256).decode().split()
     os.close(reader)
+    sa.event.remove(store.autocommit_engine.pool, "checkout", who)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert child_session
-    assert child_session != str(parent_session)
+    assert len(child_sessions) == 2  # the read's connection and the write's
+    assert str(parent_session) not in child_sessions
     record = store.load("s1")  # the parent's connection is intact
     assert record is not None
     assert dict(record.values) == {"k": b"v", "child": b"1"}
@@ -370,7 +380,10 @@ def test_writes_work_when_the_server_rounds_the_doubles_it_returns(
     table = f"sessions_rounded_{uuid.uuid4().hex[:8]}"
     store = SQLAlchemyStore(rounding, table)
     try:
-        created = store.apply([make_diff("s1", {"n": b"0"}, create=True)])[0]
+        # A deadline that needs 17 digits (one from the clock has only 15 about once in a hundred).
+        deadline = float(int(time.time()) + 3600) + 0.123456789012
+        first = dataclasses.replace(make_diff("s1", {"n": b"0"}, create=True), expires=deadline)
+        created = store.apply([first])[0]
         assert created is not None
         loaded = store.load("s1")
         assert loaded is not None

@@ -48,18 +48,21 @@ def session_table(name: str, metadata: sa.MetaData) -> sa.Table:
     )
 
 
-def record_from_row(row: sa.Row[t.Any]) -> SessionRecord:
-    """A row of the table as a record; raises
+def record_from_row(row: t.Sequence[t.Any]) -> SessionRecord:
+    """A row of the table (all its columns, in order: a SQLAlchemy row or the
+    DBAPI's tuple, whose types are the driver's: ``bytes`` or ``memoryview``
+    data, ``0``/``1`` flags) as a record; raises
     :class:`~wsgi_session.exceptions.BadStoredData` if its data cannot be
     unpacked or its columns are not what the store writes."""
+    session_id, data, version, created, expires, absolute, longterm = row
     return make_record(
-        row.id,
-        unpack_values(bytes(row.data)),
-        version=row.version,
-        created=row.created,
-        expires=row.expires,
-        absolute=row.absolute,
-        longterm=row.longterm,
+        session_id,
+        unpack_values(bytes(data)),
+        version=version,
+        created=created,
+        expires=expires,
+        absolute=absolute,
+        longterm=longterm,
     )
 
 

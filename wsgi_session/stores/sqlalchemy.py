@@ -65,6 +65,7 @@ from ..exceptions import StoreUnavailable
 from ..record import MOVED_KEY, SessionRecord, apply_diff
 from ._codec import unavailable_on
 from ._sql_notify import Announcer, listen_postgres
+from ._sql_reads import OneRowReads
 from ._sql_schema import (
     MYSQL,
     autocommit_engine,
@@ -127,6 +128,7 @@ class SQLAlchemyStore(Store):
         self._select_by_id = sa.select(self.table).where(by_id)
         self._select_by_id_for_update = self._select_by_id.with_for_update()
         self._select_version = sa.select(self.table.c.version).where(by_id)
+        self._reads = OneRowReads(self._single, (self._select_by_id, self._select_version))
         self._guarded_update = guarded_update(self.table)
         self._snapshot_update = guarded_update(self.table, deadline=True)
         self._ready = False
@@ -160,15 +162,15 @@ class SQLAlchemyStore(Store):
 
     def load(self, session_id: str) -> SessionRecord | None:
         self._ensure_ready()
-        with self._errors(), self._single.connect() as conn:
-            row = conn.execute(self._select_by_id, {"id": session_id}).first()
+        with self._errors():
+            row = self._reads.first(self._select_by_id, session_id)
         return None if row is None else record_from_row(row)
 
     def version(self, session_id: str) -> int | None:
         self._ensure_ready()
-        with self._errors(), self._single.connect() as conn:
-            version: int | None = conn.execute(self._select_version, {"id": session_id}).scalar()
-        return version
+        with self._errors():
+            row = self._reads.first(self._select_version, session_id)
+        return None if row is None else int(row[0])
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
         if not diffs:

@@ -1,0 +1,146 @@
+"""The SQL store's request-path reads on the DBAPI cursor
+(:mod:`wsgi_session.stores._sql_reads`): they behave as SQLAlchemy's path did
+when a connection is lost or a statement fails, and anything listening to
+the engine's statement events still sees every read. The store contract
+tests run these reads on every SQL backend too."""
+
+from __future__ import annotations
+
+import typing as t
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from wsgi_session.exceptions import StoreUnavailable
+from wsgi_session.stores import SQLAlchemyStore
+
+if t.TYPE_CHECKING:
+    from .conftest import SQLServers
+
+    MakeDiff = t.Callable[..., t.Any]
+
+SERVERS = [
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mysql),
+]
+ALL_SQL = [pytest.param("sqlite"), *SERVERS]
+
+_OWN_ID = {"postgresql": "SELECT pg_backend_pid()", "mariadb": "SELECT CONNECTION_ID()"}
+_KILL = {"postgresql": "SELECT pg_terminate_backend({})", "mariadb": "KILL {}"}
+
+
+@pytest.fixture
+def table_store(sql_servers: SQLServers, request: pytest.FixtureRequest) -> t.Iterator[SQLAlchemyStore]:
+    """A store on a table of its own, on a fresh engine of the backend."""
+    name = request.param
+    engine = sa.create_engine(sql_servers.urls[name])
+    store = SQLAlchemyStore(engine, f"sessions_reads_{uuid.uuid4().hex[:8]}")
+    store.setup()
+    try:
+        yield store
+    finally:
+        store.close()
+        store.table.drop(engine, checkfirst=True)
+        engine.dispose()
+
+
+@pytest.mark.parametrize("table_store", ALL_SQL, indirect=True)
+def test_statement_listeners_see_every_read(
+    table_store: SQLAlchemyStore, make_diff: MakeDiff, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener registered after the store was built (a tracer, a query
+    counter), on the engine its single statements run on, still sees the
+    reads: while anything listens they go through SQLAlchemy; once nothing
+    does, they give the same answers without it (its ``connect`` is made to
+    fail then, so only the cursor path can answer)."""
+    store = table_store
+    store.apply([make_diff("s1", {"k": b"v"}, create=True)])
+    seen: list[str] = []
+
+    def record(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(store.autocommit_engine, "before_cursor_execute", record)
+    try:
+        listened = (store.load("s1"), store.version("s1"), store.load("missing"), store.version("missing"))
+    finally:
+        sa.event.remove(store.autocommit_engine, "before_cursor_execute", record)
+    assert len(seen) == 4
+    assert all(statement.lstrip().upper().startswith("SELECT") for statement in seen)
+
+    def no_connection(*args: t.Any, **kwargs: t.Any) -> t.NoReturn:
+        raise AssertionError("the read went through SQLAlchemy")
+
+    monkeypatch.setattr(store.autocommit_engine, "connect", no_connection)
+    unheard = (store.load("s1"), store.version("s1"), store.load("missing"), store.version("missing"))
+    assert len(seen) == 4
+    assert unheard == listened
+    record = unheard[0]
+    assert record is not None
+    assert (dict(record.values), record.version, unheard[1]) == ({"k": b"v"}, 1, 1)
+    assert unheard[2:] == (None, None)
+
+
+@pytest.mark.parametrize("table_store", SERVERS, indirect=True)
+def test_connections_killed_by_the_server_fail_one_read_then_are_replaced(
+    table_store: SQLAlchemyStore, sql_servers: SQLServers, make_diff: MakeDiff
+) -> None:
+    """The server ends the store's pooled connections (a restart, a
+    failover, an administrator): the next read is StoreUnavailable, caused
+    by an OperationalError marked ``connection_invalidated``, and the pool
+    retires every connection it made before, so the read after it works on
+    a new one (not on the next dead one)."""
+    store = table_store
+    backend = store.engine.dialect.name
+    backend = "mariadb" if backend in ("mysql", "mariadb") else backend
+    store.apply([make_diff("s1", {"k": b"v"}, create=True)])
+    ids: list[int] = []
+
+    def remember(dbapi_connection: t.Any, record: t.Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(_OWN_ID[backend])
+        ids.append(cursor.fetchone()[0])
+        cursor.close()
+
+    pool = store.autocommit_engine.pool
+    pool.dispose()  # connections made from now on are remembered
+    sa.event.listen(pool, "connect", remember)
+    held = [pool.connect() for _ in range(3)]  # three connections wait in the pool
+    for connection in held:
+        connection.close()
+    assert store.version("s1") == 1
+    assert len(ids) == 3
+    admin = sa.create_engine(sql_servers.urls[backend], isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for connection_id in ids:
+                conn.exec_driver_sql(_KILL[backend].format(connection_id))
+        with pytest.raises(StoreUnavailable) as info:
+            store.load("s1")
+        cause = info.value.__cause__
+        assert isinstance(cause, sa.exc.OperationalError | sa.exc.InterfaceError)
+        assert cause.connection_invalidated
+        record = store.load("s1")
+        assert record is not None
+        assert dict(record.values) == {"k": b"v"}
+        assert [store.version("s1") for _ in range(3)] == [1, 1, 1]  # none meets a dead connection
+        assert len(ids) > 3
+    finally:
+        admin.dispose()
+
+
+@pytest.mark.parametrize("table_store", SERVERS, indirect=True)
+def test_a_failed_statement_is_raised_as_sqlalchemy_raises_it(table_store: SQLAlchemyStore) -> None:
+    """A statement the database refuses (here: its table was dropped) is not
+    an outage: the read raises SQLAlchemy's ProgrammingError with the
+    statement, and the connection stays in the pool, usable."""
+    store = table_store
+    store.table.drop(store.engine)
+    with pytest.raises(sa.exc.ProgrammingError) as info:
+        store.load("s1")
+    assert "SELECT" in str(info.value.statement)
+    assert not info.value.connection_invalidated
+    store.setup()
+    assert store.load("s1") is None
+    assert store.autocommit_engine.pool.checkedin() >= 1
