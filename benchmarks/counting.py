@@ -84,7 +84,7 @@ def counting_connect_args(url: str, counter: Counter) -> dict[str, t.Any]:
     Counted at the DBAPI, below SQLAlchemy, because a listener on the
     engine's statement events would change what is measured: the store runs
     its request-path reads on the cursor only while nothing listens
-    (:mod:`wsgi_session.stores._sql_reads`)."""
+    (:mod:`wsgi_session.stores._sql_cursor`)."""
     if url.startswith("postgresql"):
         import psycopg2.extensions
 

@@ -66,6 +66,20 @@ def record_from_row(row: t.Sequence[t.Any]) -> SessionRecord:
     )
 
 
+#: The keys of :func:`insert_row`'s and :func:`guarded_update_params`' dicts.
+INSERT_KEYS = ("id", "created", "data", "version", "expires", "absolute", "longterm")
+SNAPSHOT_UPDATE_KEYS = (
+    "match_id",
+    "match_version",
+    "match_expires",
+    "data",
+    "version",
+    "expires",
+    "absolute",
+    "longterm",
+)
+
+
 def insert_row(record: SessionRecord) -> dict[str, t.Any]:
     """The columns an insert writes."""
     return {"id": record.id, "created": record.created, **row_values(record)}

@@ -25,19 +25,20 @@ counter increment two. A lone write (a request's own commit) is one
 statement when the writer's snapshot is still what is stored (``UPDATE ...
 WHERE version = :snapshot AND expires = :snapshot``, merged in Python with
 :func:`wsgi_session.record.apply_diff`) or when it creates a session (the
-dialect's insert-or-ignore).
+dialect's insert-or-ignore). These statements run on the DBAPI cursor,
+past SQLAlchemy's execution layer, unless something listens to it
+(:mod:`._sql_cursor`).
 
 **Batches and writes that raced.** A batch of several diffs (requests that
 committed together) is one transaction, all of it or nothing, and so is a
 lone write that raced (the row changed since the snapshot, or there is no
 snapshot). In it each diff is tried the same single-statement way first;
-otherwise the row is
-read, the diff merged, and the row written back only if nobody changed it
-meanwhile (``UPDATE ... WHERE version = :read``). When another writer got
-there first, the row is read again, locked (``SELECT ... FOR UPDATE``), and
-merged again, so concurrent requests that changed different keys both
-survive. The store runs its writes
-at ``READ COMMITTED`` (on PostgreSQL and MySQL, whatever the engine's
+otherwise the row is read, the diff merged, and the row written back only
+if nobody changed it meanwhile (``UPDATE ... WHERE version = :read``). When
+another writer got there first, the row is read again, locked (``SELECT ...
+FOR UPDATE``), and merged again, so concurrent requests that changed
+different keys both survive. The store runs its writes at ``READ
+COMMITTED`` (on PostgreSQL and MySQL, whatever the engine's
 default) so a read sees the latest commit; on SQLite a write transaction
 takes the database's write lock up front (``BEGIN IMMEDIATE``) and waits for
 it up to the driver's ``timeout``, so the race cannot happen there. A batch
@@ -64,10 +65,12 @@ from sqlalchemy import exc as sa_exc
 from ..exceptions import StoreUnavailable
 from ..record import MOVED_KEY, SessionRecord, apply_diff
 from ._codec import unavailable_on
+from ._sql_cursor import CursorPath
 from ._sql_notify import Announcer, listen_postgres
-from ._sql_reads import OneRowReads
 from ._sql_schema import (
+    INSERT_KEYS,
     MYSQL,
+    SNAPSHOT_UPDATE_KEYS,
     autocommit_engine,
     guarded_update,
     guarded_update_params,
@@ -82,11 +85,13 @@ from .base import Store
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
-    from sqlalchemy.sql.dml import Insert, Update
+    from sqlalchemy.sql.dml import Insert, Update, UpdateBase
 
     from ..record import SessionDiff
 
 log = logging.getLogger(__name__)
+#: A write in one statement: the statement, its parameters, the record it leaves.
+_OneStatement: t.TypeAlias = "tuple[Update | Insert, dict[str, t.Any], SessionRecord]"
 
 #: How often one diff is merged again after losing a race before giving up.
 _RACE_ATTEMPTS = 16
@@ -128,9 +133,13 @@ class SQLAlchemyStore(Store):
         self._select_by_id = sa.select(self.table).where(by_id)
         self._select_by_id_for_update = self._select_by_id.with_for_update()
         self._select_version = sa.select(self.table.c.version).where(by_id)
-        self._reads = OneRowReads(self._single, (self._select_by_id, self._select_version))
         self._guarded_update = guarded_update(self.table)
         self._snapshot_update = guarded_update(self.table, deadline=True)
+        writes: dict[UpdateBase, t.Sequence[str]] = {self._snapshot_update: SNAPSHOT_UPDATE_KEYS}
+        if self._insert_new is not None:
+            writes[self._insert_new] = INSERT_KEYS
+        reads = (self._select_by_id, self._select_version)
+        self._cursor = CursorPath(self._single, reads, writes, lean_writes=self._owns_single)
         self._ready = False
         self._setup_lock = threading.Lock()
         #: The PostgreSQL ``NOTIFY`` channel of ``coherence="notify"``.
@@ -163,13 +172,13 @@ class SQLAlchemyStore(Store):
     def load(self, session_id: str) -> SessionRecord | None:
         self._ensure_ready()
         with self._errors():
-            row = self._reads.first(self._select_by_id, session_id)
+            row = self._cursor.first(self._select_by_id, session_id)
         return None if row is None else record_from_row(row)
 
     def version(self, session_id: str) -> int | None:
         self._ensure_ready()
         with self._errors():
-            row = self._reads.first(self._select_version, session_id)
+            row = self._cursor.first(self._select_version, session_id)
         return None if row is None else int(row[0])
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
@@ -178,11 +187,8 @@ class SQLAlchemyStore(Store):
         self._ensure_ready()
         shortcut = True
         if len(diffs) == 1:
-            # A lone diff (a strict request's own commit) is one statement when
-            # it can be (announcing what it wrote, when the store announces),
-            # and leaves nothing half-done when it cannot. A batch stays one
-            # transaction: all of it lands, or none (the flusher retries
-            # batches whole).
+            # A lone diff (a request's own commit) is one statement when it can
+            # be; a batch stays one transaction: all of it lands, or none.
             written = self._try_alone(diffs[0])
             if written is not None:
                 return [written]
@@ -208,28 +214,33 @@ class SQLAlchemyStore(Store):
                     attempt += 1
 
     def _try_alone(self, diff: SessionDiff) -> SessionRecord | None:
-        """:meth:`_write_alone` in autocommit; ``None`` also when the row was
-        locked (the transaction then waits and retries)."""
+        """A lone diff in one autocommit statement, announcing what it wrote
+        when the store announces; ``None`` when that cannot be done (or the
+        row was locked): the transaction then merges it."""
+        plan = self._one_statement(diff)
+        if plan is None:
+            return None
+        write, params, record = plan
         with self._errors():
             try:
+                if self._announcer is None:
+                    return record if self._cursor.wrote(write, params) else None
                 with self._single.connect() as conn:
-                    return self._write_alone(conn, diff, alone=True)
+                    return record if self._wrote(conn, write, params, announce=diff.id) else None
             except sa_exc.DBAPIError as exc:
                 if not is_conflict(exc):
                     raise
                 return None
 
-    def _write_alone(self, conn: Connection, diff: SessionDiff, alone: bool = False) -> SessionRecord | None:
-        """Write ``diff`` with a single statement where one is enough; the
-        new record, or ``None`` when it needs :meth:`_apply_one`.
+    def _one_statement(self, diff: SessionDiff) -> _OneStatement | None:
+        """The single statement that writes ``diff`` where one is enough, its
+        parameters and the record it leaves; ``None`` when the diff needs
+        :meth:`_apply_one`.
 
         Two cases: the writer's snapshot (``diff.base``) is still what is
-        stored — one ``UPDATE`` guarded by its version writes the merge, no
-        ``SELECT`` — or the diff creates a session that does not exist yet
-        (the dialect's insert-or-ignore). ``alone``: not in a transaction,
-        so the statement announces its write itself (if the store announces;
-        a transaction announces at its end)."""
-        announce = diff.id if alone else None
+        stored — one ``UPDATE`` guarded by its version and idle deadline
+        writes the merge, no ``SELECT`` — or the diff creates a session that
+        does not exist yet (the dialect's insert-or-ignore)."""
         base = diff.base
         if base is not None:
             if base.id != diff.id or diff.create or MOVED_KEY in base.values:
@@ -237,12 +248,11 @@ class SQLAlchemyStore(Store):
             merged = apply_diff(base, diff)
             if merged is None or merged is base:
                 return None
-            params = guarded_update_params(merged, base)
-            return merged if self._wrote(conn, self._snapshot_update, params, announce) else None
+            return self._snapshot_update, guarded_update_params(merged, base), merged
         if diff.create and self._insert_new is not None:
             record = apply_diff(None, diff)
-            if record is not None and self._wrote(conn, self._insert_new, insert_row(record), announce):
-                return record
+            if record is not None:
+                return self._insert_new, insert_row(record), record
         return None
 
     def _wrote(
@@ -258,11 +268,10 @@ class SQLAlchemyStore(Store):
         """Merge one diff into its row, again and again while other writers
         win the race. A retry re-reads with ``FOR UPDATE`` (where the database
         has it): it sees the latest commit and holds the row until the write.
-        ``shortcut``: try :meth:`_write_alone` first."""
-        if shortcut:
-            written = self._write_alone(conn, diff)
-            if written is not None:
-                return written
+        ``shortcut``: try :meth:`_one_statement` first."""
+        plan = self._one_statement(diff) if shortcut else None
+        if plan is not None and self._wrote(conn, plan[0], plan[1]):
+            return plan[2]
         for attempt in range(_RACE_ATTEMPTS):
             query = self._select_by_id_for_update if attempt else self._select_by_id
             row = conn.execute(query, {"id": diff.id}).first()

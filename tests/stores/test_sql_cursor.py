@@ -1,11 +1,12 @@
-"""The SQL store's request-path reads on the DBAPI cursor
-(:mod:`wsgi_session.stores._sql_reads`): they behave as SQLAlchemy's path did
+"""The SQL store's request-path statements on the DBAPI cursor
+(:mod:`wsgi_session.stores._sql_cursor`): they behave as SQLAlchemy's path did
 when a connection is lost or a statement fails, and anything listening to
-the engine's statement events still sees every read. The store contract
-tests run these reads on every SQL backend too."""
+the engine's statement events still sees every one. The store contract
+tests run them on every SQL backend too."""
 
 from __future__ import annotations
 
+import dataclasses
 import typing as t
 import uuid
 
@@ -144,3 +145,47 @@ def test_a_failed_statement_is_raised_as_sqlalchemy_raises_it(table_store: SQLAl
     store.setup()
     assert store.load("s1") is None
     assert store.autocommit_engine.pool.checkedin() >= 1
+
+
+@pytest.mark.parametrize("table_store", SERVERS, indirect=True)
+def test_a_lone_write_takes_the_cursor_and_listeners_still_see_it(
+    table_store: SQLAlchemyStore, make_diff: MakeDiff, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's own write (a new session's insert-or-ignore, an update of
+    the snapshot it read) runs on the cursor in autocommit: it lands with
+    the autocommit engine's ``connect`` made to fail. A write whose snapshot
+    is stale matches no row (the rowcount the database reports, found rows
+    on MariaDB too) and is merged in a transaction instead. While a listener
+    is registered, the write goes through SQLAlchemy and the listener sees it."""
+    store = table_store
+    real_connect = store.autocommit_engine.connect
+
+    def no_connection(*args: t.Any, **kwargs: t.Any) -> t.NoReturn:
+        raise AssertionError("the write went through SQLAlchemy")
+
+    monkeypatch.setattr(store.autocommit_engine, "connect", no_connection)
+    [created] = store.apply([make_diff("s1", {"n": b"0"}, create=True)])
+    assert created is not None
+    [second] = store.apply([dataclasses.replace(make_diff("s1", {"n": b"1"}), base=created)])
+    assert second is not None
+    assert second.version == 2
+    [merged] = store.apply([dataclasses.replace(make_diff("s1", {"m": b"x"}), base=created)])  # stale
+    assert merged is not None
+    assert (dict(merged.values), merged.version) == ({"n": b"1", "m": b"x"}, 3)
+    loaded = store.load("s1")
+    assert loaded == merged
+    monkeypatch.setattr(store.autocommit_engine, "connect", real_connect)
+    seen: list[str] = []
+
+    def record(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(store.autocommit_engine, "before_cursor_execute", record)
+    try:
+        [fourth] = store.apply([dataclasses.replace(make_diff("s1", {"n": b"2"}), base=loaded)])
+    finally:
+        sa.event.remove(store.autocommit_engine, "before_cursor_execute", record)
+    assert fourth is not None
+    assert fourth.version == 4
+    assert [statement.split()[0].upper() for statement in seen] == ["UPDATE"]
+    assert store.load("s1") == fourth
