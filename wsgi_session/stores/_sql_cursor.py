@@ -42,11 +42,12 @@ if t.TYPE_CHECKING:
     from sqlalchemy.sql.dml import UpdateBase
 
 #: The statement events a raw cursor would skip; a listener on any of them
-#: sends the reads through SQLAlchemy. (Not ``engine_connect``: no
+#: sends the statements through SQLAlchemy. (Not ``engine_connect``: no
 #: :class:`~sqlalchemy.engine.Connection` is made here, and SQLAlchemy
 #: itself listens to it on an engine with an ``isolation_level`` option, as
 #: the store's SQLite engine has. A SQLite ``SELECT`` needs no autocommit:
-#: the driver opens a transaction only before a write.)
+#: the driver opens a transaction only before a write, and SQLite writes
+#: never take the cursor.)
 _STATEMENT_EVENTS = (
     "before_execute",
     "after_execute",
@@ -71,8 +72,8 @@ class _Compiled(t.NamedTuple):
 class CursorPath:
     """Runs the store's request-path statements on ``engine``, an engine
     whose connections are in autocommit: one-row ``SELECT`` statements with
-    a single ``:id`` parameter (:meth:`first`), and, when ``writes`` is
-    true, one-row writes (:meth:`wrote`).
+    a single ``:id`` parameter (:meth:`first`) and one-row writes
+    (:meth:`wrote`; on the cursor only with ``lean_writes``).
 
     :param engine: the store's autocommit engine.
     :param reads: the statements :meth:`first` will be given.
