@@ -161,12 +161,12 @@ class SessionManager:
 
     # -- resolving a request -------------------------------------------------
 
-    def resolve(self, environ: WSGIEnvironment) -> Found:
-        """Find the session a request presents, if any is alive."""
+    def resolve(self, environ: WSGIEnvironment, binding: str) -> Found:
+        """Find the session a request presents, if any is alive; ``binding``
+        is the request's client fingerprint (:meth:`ClientBinding.fingerprint`)."""
         candidates = self.transport.read(environ)
         if not candidates:
             return _NOT_PRESENTED
-        binding = self.binding.fingerprint(environ)
         for value in candidates:
             try:
                 token = self.signer.loads(value, binding)

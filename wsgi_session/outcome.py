@@ -198,8 +198,7 @@ class Finisher:
         """Put a new token for ``session_id`` in ``out``, bound to this client."""
         m = self._manager
         consent = session._consent
-        binding = m.binding.fingerprint(session._environ)
-        out.send = m.signer.dumps(Token(session_id, consent, int(now)), binding)
+        out.send = m.signer.dumps(Token(session_id, consent, int(now)), session._binding)
         out.max_age = self._max_age(consent, longterm, absolute, now)
 
     def _max_age(self, consent: bool, longterm: bool, absolute: float | None, now: float) -> int | None:

@@ -61,6 +61,7 @@ class Session(MutableMapping[str, t.Any]):
 
     __slots__ = (
         "_assigned",
+        "_binding",
         "_cleared",
         "_consent",
         "_created",
@@ -87,7 +88,10 @@ class Session(MutableMapping[str, t.Any]):
 
     def __init__(self, manager: SessionManager, environ: WSGIEnvironment) -> None:
         self._manager = manager
-        self._environ = environ
+        #: Until the first access; ``environ`` holds this session too, and the
+        #: pair would otherwise be a reference cycle per request, left for the
+        #: cyclic garbage collector (with everything the environ holds).
+        self._environ: WSGIEnvironment | None = environ
         self._loaded = False
 
     # -- loading -----------------------------------------------------------
@@ -101,8 +105,11 @@ class Session(MutableMapping[str, t.Any]):
         self._cleared = self._renew = self._destroyed = self._created = self._force = False
         self._unsaved = self._meta_changed = self._rejected = False
         self._failure: StoreUnavailable | None = None
+        environ, self._environ = self._environ or {}, None
+        #: The client binding of this request, for a new token.
+        self._binding = self._manager.binding.fingerprint(environ)
         try:
-            found = self._manager.resolve(self._environ)
+            found = self._manager.resolve(environ, self._binding)
         except StoreUnavailable as exc:
             self._failure = exc
             found = (False, None, None)  # every attribute is set before the error goes on
