@@ -23,8 +23,8 @@ registered for the statement events (``before_cursor_execute`` and the
 rest: tracing, metrics, query counters), ``handle_error`` or
 ``do_execute``, while SQL is logged (``echo``), on an engine with execution
 options of its own (a ``schema_translate_map``), and with a driver other
-than psycopg2, psycopg, pymysql, mysqlclient or SQLite's, the read goes
-through SQLAlchemy as before. A lost connection makes the pool retire every
+than psycopg2, pymysql or SQLite's (the ones the tests run), the statement
+goes through SQLAlchemy as before. A lost connection makes the pool retire every
 connection made before it, as SQLAlchemy does.
 """
 
@@ -59,7 +59,7 @@ _STATEMENT_EVENTS = (
 #: The drivers whose types the store reads as they come (``bytes`` or
 #: ``memoryview`` data, numbers, ``0``/``1`` or boolean flags); any other
 #: driver's rows go through SQLAlchemy's result processing.
-_DRIVERS = frozenset(("psycopg2", "psycopg", "pymysql", "mysqldb", "pysqlite"))
+_DRIVERS = frozenset(("psycopg2", "pymysql", "pysqlite"))
 
 
 class _Compiled(t.NamedTuple):
