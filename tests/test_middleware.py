@@ -778,3 +778,45 @@ def test_a_request_that_uses_its_session_leaves_no_reference_cycle(make_middlewa
     assert left == []
     if bound:  # the token names the client it was issued to
         assert call(cookie, address="10.0.0.2")[0] == b"1"
+
+
+def test_a_new_token_is_bound_to_what_the_request_was_verified_with(make_middleware):
+    """The client binding of a new token is the request's at the session's
+    first access, the one its token was checked against: a middleware that
+    rewrites ``REMOTE_ADDR`` further in (a proxy fix inside ours) after the
+    session was first touched does not make the next request's token fail.
+    (A token issued with the rewritten address was rejected every time.)"""
+
+    def app(environ, start_response):
+        session = environ["session"]
+        session["n"] = session.get("n", 0) + 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"%d" % session["n"]]
+
+    def rewrite_address(environ, start_response):
+        environ["REMOTE_ADDR"] = "10.9.9.9"
+        return app(environ, start_response)
+
+    def touch_first(environ, start_response):
+        environ["session"].get("n")
+        return rewrite_address(environ, start_response)
+
+    middleware = make_middleware(touch_first, bind_ip=True)
+
+    def call(cookie):
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "REMOTE_ADDR": "10.0.0.1",
+            "wsgi.url_scheme": "http",
+        }
+        if cookie:
+            environ["HTTP_COOKIE"] = cookie
+        sent = []
+        body = b"".join(middleware(environ, lambda status, headers, exc_info=None: sent.extend(headers)))
+        cookies = [value.split(";", 1)[0] for name, value in sent if name == "Set-Cookie"]
+        return body, cookies[0] if cookies else cookie
+
+    body, cookie = call("")
+    assert body == b"1"
+    assert call(cookie)[0] == b"2"
