@@ -131,8 +131,8 @@ def inprocess_section(results: Results) -> str:
             "(a pipeline is one); for PostgreSQL the queries the server received, counted on the wire "
             "by a proxy in a separate pass (psycopg2's own `BEGIN`, `ROLLBACK` and `SET` included); "
             "for SQLite the statements (local calls, no network). *SQL stmts*: statements the code "
-            "executed (SQLAlchemy events). *in RTTs*: the median divided by the median of one plain "
-            "round trip to the same server. *Set-Cookie*: the steady-state response carries one.",
+            "executed (counted at the DBAPI cursor). *in RTTs*: the median divided by the median of "
+            "one plain round trip to the same server. *Set-Cookie*: the steady-state response carries one.",
             detail,
             "![in-process](inprocess.png)",
         ]

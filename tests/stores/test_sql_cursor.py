@@ -7,6 +7,7 @@ tests run them on every SQL backend too."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing as t
 import uuid
 
@@ -209,3 +210,46 @@ def test_the_cursor_statements_are_compiled_for_every_column_the_store_writes(ma
     )
     assert set(insert_row(record)) == set(INSERT_KEYS)
     assert set(guarded_update_params(record, record)) == set(SNAPSHOT_UPDATE_KEYS)
+
+
+@pytest.mark.parametrize("table_store", ALL_SQL, indirect=True)
+@pytest.mark.parametrize("watcher", ["SQL logging", "handle_error", "do_execute"])
+def test_sql_logging_and_error_or_execute_hooks_keep_sqlalchemys_path(
+    table_store: SQLAlchemyStore,
+    make_diff: MakeDiff,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    watcher: str,
+) -> None:
+    """While SQL is logged (``echo``, the ``sqlalchemy.engine`` logger at
+    INFO) or a ``handle_error`` / ``do_execute`` hook is registered, the reads
+    go through SQLAlchemy (its ``connect`` is counted), so the log and the
+    hooks miss nothing; without them, they take the cursor."""
+    store = table_store
+    store.apply([make_diff("s1", {"k": b"v"}, create=True)])
+    engine = store.autocommit_engine
+    connects: list[int] = []
+    real_connect = engine.connect
+
+    def counted(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        connects.append(1)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "connect", counted)
+    assert store.version("s1") == 1
+    assert connects == []  # nothing watches: the cursor
+    hook = lambda *args: None  # noqa: E731 - a do-nothing listener
+    if watcher == "SQL logging":
+        caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
+    else:
+        sa.event.listen(engine, watcher, hook)
+    try:
+        assert store.version("s1") == 1
+        record = store.load("s1")
+    finally:
+        if watcher != "SQL logging":
+            sa.event.remove(engine, watcher, hook)
+    assert record is not None
+    assert connects == [1, 1]
+    if watcher == "SQL logging":
+        assert any("SELECT" in message for message in caplog.messages)

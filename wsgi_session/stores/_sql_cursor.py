@@ -17,7 +17,7 @@ connection when the dialect says it was a disconnect.
 
 What SQLAlchemy would do around the statement and this does not: engine
 and connection events (``engine_connect`` listeners are not called for
-these reads), logging, execution options, and its result types. So the
+these statements), logging, execution options, and its result types. So the
 cursor is used only when nothing would notice. While any listener is
 registered for the statement events (``before_cursor_execute`` and the
 rest: tracing, metrics, query counters), ``handle_error`` or

@@ -26,8 +26,9 @@ statement when the writer's snapshot is still what is stored (``UPDATE ...
 WHERE version = :snapshot AND expires = :snapshot``, merged in Python with
 :func:`wsgi_session.record.apply_diff`) or when it creates a session (the
 dialect's insert-or-ignore). These statements run on the DBAPI cursor,
-past SQLAlchemy's execution layer, unless something listens to it
-(:mod:`._sql_cursor`).
+past SQLAlchemy's execution layer, unless something would notice (see
+:mod:`._sql_cursor`); writes only on a database server and when the store
+does not announce with ``NOTIFY``.
 
 **Batches and writes that raced.** A batch of several diffs (requests that
 committed together) is one transaction, all of it or nothing, and so is a
