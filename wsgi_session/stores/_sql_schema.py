@@ -1,7 +1,9 @@
-"""The table of :class:`~wsgi_session.stores.SQLAlchemyStore` and what differs
-between databases: column types, insert-or-ignore, the autocommit pool, and
-which errors mean "unreachable" or "lost a race". Private to the SQL store
-(PostgreSQL's ``NOTIFY`` and ``LISTEN`` are in :mod:`._sql_notify`)."""
+"""The table of :class:`~wsgi_session.stores.SQLAlchemyStore`, its rows and
+the one-statement writes of a lone diff, and what differs between databases:
+column types, insert-or-ignore, the autocommit pool, and which errors mean
+"unreachable" or "lost a race". Private to the SQL store (PostgreSQL's
+``NOTIFY`` and ``LISTEN`` are in :mod:`._sql_notify`, statements run on the
+DBAPI cursor in :mod:`._sql_cursor`)."""
 
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
+from ..record import MOVED_KEY, apply_diff
 from ._codec import make_record, pack_values, unpack_values
 
 if t.TYPE_CHECKING:
     from sqlalchemy.sql.dml import Insert, Update
 
-    from ..record import SessionRecord
+    from ..record import SessionDiff, SessionRecord
 
 MYSQL = ("mysql", "mariadb")
 
@@ -114,6 +117,36 @@ def guarded_update_params(record: SessionRecord, expected: SessionRecord) -> dic
         "match_expires": expected.expires,
         **row_values(record),
     }
+
+
+#: A write in one statement: the statement, its parameters, the record it leaves.
+OneStatement: t.TypeAlias = "tuple[Update | Insert, dict[str, t.Any], SessionRecord]"
+
+
+def one_statement(
+    diff: SessionDiff, snapshot_update: Update, insert_new: Insert | None
+) -> OneStatement | None:
+    """The single statement that writes ``diff`` where one is enough, its
+    parameters and the record it leaves; ``None`` when the diff must be
+    merged into the row read in a transaction.
+
+    Two cases: the writer's snapshot (``diff.base``) is still what is stored
+    — ``snapshot_update`` (a :func:`guarded_update` with the deadline)
+    writes the merge, no ``SELECT`` — or the diff creates a session that
+    does not exist yet (``insert_new``, the dialect's insert-or-ignore)."""
+    base = diff.base
+    if base is not None:
+        if base.id != diff.id or diff.create or MOVED_KEY in base.values:
+            return None
+        merged = apply_diff(base, diff)
+        if merged is None or merged is base:
+            return None
+        return snapshot_update, guarded_update_params(merged, base), merged
+    if diff.create and insert_new is not None:
+        record = apply_diff(None, diff)
+        if record is not None:
+            return insert_new, insert_row(record), record
+    return None
 
 
 def row_values(record: SessionRecord) -> dict[str, t.Any]:

@@ -64,7 +64,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from ..exceptions import StoreUnavailable
-from ..record import MOVED_KEY, SessionRecord, apply_diff
+from ..record import SessionRecord, apply_diff
 from ._codec import unavailable_on
 from ._sql_cursor import CursorPath
 from ._sql_notify import Announcer, listen_postgres
@@ -72,6 +72,7 @@ from ._sql_schema import (
     INSERT_KEYS,
     MYSQL,
     SNAPSHOT_UPDATE_KEYS,
+    OneStatement,
     autocommit_engine,
     guarded_update,
     guarded_update_params,
@@ -79,6 +80,7 @@ from ._sql_schema import (
     insert_row,
     is_conflict,
     is_outage,
+    one_statement,
     record_from_row,
     session_table,
 )
@@ -91,8 +93,6 @@ if t.TYPE_CHECKING:
     from ..record import SessionDiff
 
 log = logging.getLogger(__name__)
-#: A write in one statement: the statement, its parameters, the record it leaves.
-_OneStatement: t.TypeAlias = "tuple[Update | Insert, dict[str, t.Any], SessionRecord]"
 
 #: How often one diff is merged again after losing a race before giving up.
 _RACE_ATTEMPTS = 16
@@ -233,28 +233,9 @@ class SQLAlchemyStore(Store):
                     raise
                 return None
 
-    def _one_statement(self, diff: SessionDiff) -> _OneStatement | None:
-        """The single statement that writes ``diff`` where one is enough, its
-        parameters and the record it leaves; ``None`` when the diff needs
-        :meth:`_apply_one`.
-
-        Two cases: the writer's snapshot (``diff.base``) is still what is
-        stored — one ``UPDATE`` guarded by its version and idle deadline
-        writes the merge, no ``SELECT`` — or the diff creates a session that
-        does not exist yet (the dialect's insert-or-ignore)."""
-        base = diff.base
-        if base is not None:
-            if base.id != diff.id or diff.create or MOVED_KEY in base.values:
-                return None
-            merged = apply_diff(base, diff)
-            if merged is None or merged is base:
-                return None
-            return self._snapshot_update, guarded_update_params(merged, base), merged
-        if diff.create and self._insert_new is not None:
-            record = apply_diff(None, diff)
-            if record is not None:
-                return self._insert_new, insert_row(record), record
-        return None
+    def _one_statement(self, diff: SessionDiff) -> OneStatement | None:
+        """:func:`one_statement` with this store's statements."""
+        return one_statement(diff, self._snapshot_update, self._insert_new)
 
     def _wrote(
         self, conn: Connection, write: Update | Insert, params: dict[str, t.Any], announce: str | None = None
