@@ -733,6 +733,18 @@ def test_server_error_response_saves_nothing(make_middleware):
     assert set_cookies(brand_new.headers) == []  # no session created by a failed request
 
 
+def _plain_request(middleware, cookie, address="10.0.0.1"):
+    """One GET straight through ``middleware`` (no test client, which keeps
+    objects of its own): the body, and the cookie to send next."""
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": address, "wsgi.url_scheme": "http"}
+    if cookie:
+        environ["HTTP_COOKIE"] = cookie
+    sent = []
+    body = b"".join(middleware(environ, lambda status, headers, exc_info=None: sent.extend(headers)))
+    cookies = [value.split(";", 1)[0] for name, value in sent if name == "Set-Cookie"]
+    return body, cookies[0] if cookies else cookie
+
+
 @pytest.mark.parametrize("bound", [False, True])
 def test_a_request_that_uses_its_session_leaves_no_reference_cycle(make_middleware, bound):
     """``environ`` holds the session, and the session lets go of ``environ``
@@ -750,18 +762,7 @@ def test_a_request_that_uses_its_session_leaves_no_reference_cycle(make_middlewa
     middleware = make_middleware(app, bind_ip=bound)
 
     def call(cookie, address="10.0.0.1"):
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": "/",
-            "REMOTE_ADDR": address,
-            "wsgi.url_scheme": "http",
-        }
-        if cookie:
-            environ["HTTP_COOKIE"] = cookie
-        sent = []
-        body = b"".join(middleware(environ, lambda status, headers, exc_info=None: sent.extend(headers)))
-        cookies = [value.split(";", 1)[0] for name, value in sent if name == "Set-Cookie"]
-        return body, cookies[0] if cookies else cookie
+        return _plain_request(middleware, cookie, address)
 
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
@@ -804,18 +805,7 @@ def test_a_new_token_is_bound_to_what_the_request_was_verified_with(make_middlew
     middleware = make_middleware(touch_first, bind_ip=True)
 
     def call(cookie):
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": "/",
-            "REMOTE_ADDR": "10.0.0.1",
-            "wsgi.url_scheme": "http",
-        }
-        if cookie:
-            environ["HTTP_COOKIE"] = cookie
-        sent = []
-        body = b"".join(middleware(environ, lambda status, headers, exc_info=None: sent.extend(headers)))
-        cookies = [value.split(";", 1)[0] for name, value in sent if name == "Set-Cookie"]
-        return body, cookies[0] if cookies else cookie
+        return _plain_request(middleware, cookie)
 
     body, cookie = call("")
     assert body == b"1"

@@ -201,7 +201,7 @@ def test_a_lone_write_takes_the_cursor_and_listeners_still_see_it(
     assert store.load("s1") == fourth
 
 
-def test_the_cursor_statements_are_compiled_for_every_column_the_store_writes(make_diff: MakeDiff) -> None:
+def test_the_cursor_statements_are_compiled_for_every_column_the_store_writes() -> None:
     """The keys a lone write's statement is compiled for are those of the
     parameters the store passes (a column missing from the list would be
     left out of the statement: the drivers ignore extra dict keys)."""

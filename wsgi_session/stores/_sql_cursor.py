@@ -41,21 +41,6 @@ if t.TYPE_CHECKING:
     from sqlalchemy.sql import Select
     from sqlalchemy.sql.dml import UpdateBase
 
-#: The statement events a raw cursor would skip; a listener on any of them
-#: sends the statements through SQLAlchemy. (Not ``engine_connect``: no
-#: :class:`~sqlalchemy.engine.Connection` is made here, and SQLAlchemy
-#: itself listens to it on an engine with an ``isolation_level`` option, as
-#: the store's SQLite engine has. A SQLite ``SELECT`` needs no autocommit:
-#: the driver opens a transaction only before a write, and SQLite writes
-#: never take the cursor.)
-_STATEMENT_EVENTS = (
-    "before_execute",
-    "after_execute",
-    "before_cursor_execute",
-    "after_cursor_execute",
-)
-
-
 #: The drivers whose types the store reads as they come (``bytes`` or
 #: ``memoryview`` data, numbers, ``0``/``1`` or boolean flags); any other
 #: driver's rows go through SQLAlchemy's result processing.
@@ -117,13 +102,21 @@ class CursorPath:
     def _listened(self) -> bool:
         """Whether anything would miss these statements: a statement event's
         listener, or SQL logging (``echo``, the ``sqlalchemy.engine`` logger)."""
-        dialect_dispatch = self._dialect_dispatch
-        if dialect_dispatch.handle_error or dialect_dispatch.do_execute:
-            return True
-        dispatch = self._dispatch
-        if any(getattr(dispatch, name) for name in _STATEMENT_EVENTS):
-            return True
-        return bool(self.engine.logger.isEnabledFor(logging.INFO))
+        # Not ``engine_connect``: no Connection is made here, and SQLAlchemy
+        # itself listens to it on an engine with an ``isolation_level`` option,
+        # as the store's SQLite engine has (a SQLite ``SELECT`` needs no
+        # autocommit: the driver opens a transaction only before a write, and
+        # SQLite writes never take the cursor).
+        events, dialect_events = self._dispatch, self._dialect_dispatch
+        return bool(
+            events.before_cursor_execute
+            or events.after_cursor_execute
+            or events.before_execute
+            or events.after_execute
+            or dialect_events.handle_error
+            or dialect_events.do_execute
+            or self.engine.logger.isEnabledFor(logging.INFO)
+        )
 
     def first(self, statement: Select[t.Any], session_id: str) -> t.Sequence[t.Any] | None:
         """The first row ``statement`` selects for ``session_id``, or ``None``.
