@@ -47,8 +47,10 @@ log = logging.getLogger("wsgi_session")
 
 _MAX_FORWARD_HOPS = 4
 _MAX_ID_ATTEMPTS = 16
-#: Marks a record whose values were all decoded once (a memo key no user key equals).
-_DECODED = "\x00decoded"
+#: Marks a record whose values were all decoded once: a memo key that is not
+#: a string, so no key a view asks for can ever equal it (``Session.get``
+#: looks in the memo before it looks at the values).
+_DECODED: t.Any = object()
 
 
 #: The result of resolving a request's token: whether the request presented

@@ -150,14 +150,15 @@ class SessionMiddleware:
         if exchange.status is None:
             return _LazyBody(exchange, body)
         started_early = exchange.server_write is not None  # the app used write()
-        exchange.final = type(body) in _PASS_THROUGH and not started_early
+        complete = type(body) in _PASS_THROUGH
+        exchange.final = complete and not started_early
         if not exchange.send_headers():
             _close(body)
             return exchange.outage()
-        if type(body) in _PASS_THROUGH:
+        if complete:
             if started_early:
                 exchange.finish_late()
-            return body  # complete already: nothing can change after this
+            return body  # nothing can change after this
         return _ClosingBody(exchange, body)
 
     # -- used by _Exchange ---------------------------------------------------
@@ -339,10 +340,12 @@ def _close(body: object) -> None:
 
 def _add_vary(headers: list[tuple[str, str]], name: str) -> None:
     """Add ``name`` to the ``Vary`` header (merging, never duplicating)."""
-    for index, (key, value) in enumerate(headers):
+    for header in headers:  # no enumerate(): most responses have no Vary yet
+        key, value = header
         if len(key) == 4 and key.lower() == "vary":
             tokens = {part.strip().lower() for part in value.split(",")}
             if "*" not in tokens and name.lower() not in tokens:
+                index = next(i for i, item in enumerate(headers) if item is header)
                 headers[index] = (key, f"{value}, {name}")
             return
     headers.append(("Vary", name))

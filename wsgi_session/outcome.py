@@ -129,23 +129,28 @@ class Finisher:
                 return out
             session_id = session.id
             absolute = now + self._absolute if self._absolute is not None else None
+            # Fields by position (see wsgi_session.record): id, set, delete,
+            # clear, expires, absolute, longterm, created, create, defaults, local_only.
             out.diffs.append(
                 SessionDiff(
                     session_id,
                     changed,
-                    frozenset(),
+                    _NO_DELETES,
                     False,
                     expires,
                     absolute,
                     longterm,
-                    created=now,
-                    create=True,
-                    local_only=local,
+                    now,
+                    True,
+                    None,
+                    local,
                 )
             )
             m.stats.created += 1
             self._issue(out, session, session_id, longterm, absolute, now)
             return out
+        # By position, as above; ``base`` is the snapshot, which lets SQL and
+        # Redis skip re-reading an unchanged row.
         diff = SessionDiff(
             record.id,
             changed,
@@ -154,9 +159,11 @@ class Finisher:
             expires,
             record.absolute,
             longterm,
-            created=record.created,
-            local_only=local,
-            base=record,  # the snapshot: lets SQL and Redis skip re-reading an unchanged row
+            record.created,
+            False,
+            None,
+            local,
+            record,
         )
         if session._renew and not late:
             new_id = m.new_id()

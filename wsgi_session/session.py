@@ -107,7 +107,8 @@ class Session(MutableMapping[str, t.Any]):
         self._failure: StoreUnavailable | None = None
         environ, self._environ = self._environ or {}, None
         #: The client binding of this request, for a new token.
-        self._binding = self._manager.binding.fingerprint(environ)
+        binding = self._manager.binding
+        self._binding = binding.fingerprint(environ) if binding.enabled else ""
         try:
             found = self._manager.resolve(environ, self._binding)
         except StoreUnavailable as exc:
@@ -171,12 +172,12 @@ class Session(MutableMapping[str, t.Any]):
             return decoded[key]
         if self._cleared or key in self._deleted:
             return default
+        memo = self._memo  # decoded immutable values of the snapshot's keys (never a reserved one)
+        if key in memo:
+            return memo[key]
         raw = self._values.get(key)
         if raw is None or key == MOVED_KEY:
             return default
-        memo = self._memo
-        if key in memo:
-            return memo[key]
         value = self._manager.serializer.loads(raw)
         if type(value) in IMMUTABLE_TYPES:
             memo[key] = value

@@ -130,18 +130,16 @@ class ClientBinding:
     :param config: uses ``bind_ip``, ``bind_ip_sources`` and ``bind_user_agent``.
     """
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_keys", "enabled")
 
     def __init__(self, config: SessionConfig) -> None:
         keys = [_IP_HEADERS[source] for source in config.bind_ip_sources] if config.bind_ip else []
         if config.bind_user_agent:
             keys.append("HTTP_USER_AGENT")
         self._keys = tuple(keys)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether tokens are bound to anything."""
-        return bool(self._keys)
+        #: Whether tokens are bound to anything (when not, the fingerprint
+        #: is always empty and callers can skip asking for it).
+        self.enabled = bool(keys)
 
     def fingerprint(self, environ: WSGIEnvironment) -> str:
         """The binding material of this request (empty if binding is off)."""

@@ -47,14 +47,14 @@ def make_record(
         raise BadStoredData(f"stored session has version {number}; versions start at 1")
     if longterm not in (True, False, 0, 1, b"0", b"1"):
         raise BadStoredData("stored session has an invalid long-term flag", repr(longterm))
-    return SessionRecord(
-        id=session_id,
-        values=values,
-        created=_convert(_as_time, "created", created),
-        expires=_convert(_as_time, "expires", expires),
-        absolute=None if absolute in (None, b"", "") else _convert(_as_time, "absolute", absolute),
-        longterm=longterm in (True, 1, b"1"),
-        version=number,
+    return SessionRecord(  # by position: see wsgi_session.record
+        session_id,
+        values,
+        _convert(_as_time, "created", created),
+        _convert(_as_time, "expires", expires),
+        None if absolute in (None, b"", "") else _convert(_as_time, "absolute", absolute),
+        longterm in (True, 1, b"1"),
+        number,
     )
 
 
