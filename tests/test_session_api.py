@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 from core_testkit import RecordingStore, id_of, set_cookies
 
 from wsgi_session import Session, SessionStateError, UnserializableValue
 from wsgi_session.record import MOVED_KEY
 from wsgi_session.signing import is_valid_id
+from wsgi_session.stores import SQLAlchemyStore
 
 
 def write(**values):
@@ -262,6 +264,26 @@ def test_reserved_moved_key_is_invisible(scripted):
         assert list(session) == ["a"]
 
     app.run(fn)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["memory", "cached-sqlite"])
+def test_reserved_keys_stay_invisible_after_every_value_was_decoded(scripted, tmp_path, cached):
+    """Reads look in the record's memo of decoded values first: nothing the
+    process notes there (such as the "all values decoded" marker of a cached
+    store) can ever answer for a key."""
+    store = SQLAlchemyStore(sa.create_engine(f"sqlite:///{tmp_path / 's.db'}")) if cached else None
+    app = scripted(store, **({"write_mode": "background"} if cached else {}))
+    app.run(write(a=1, b="two"))
+
+    def fn(session):
+        assert (session["a"], session["b"]) == (1, "two")  # both memoised now
+        for reserved in ("\x00decoded", MOVED_KEY, "\x00"):
+            assert session.get(reserved) is None
+            assert reserved not in session
+        assert sorted(session) == ["a", "b"]
+
+    app.run(fn)
+    app.run(fn)  # the second request reads the memoised record
 
 
 @pytest.mark.parametrize("key", [1, 1.5, None, b"bytes", ("t",), True], ids=repr)
