@@ -154,6 +154,8 @@ def wrk(port: int, workload: Workload, duration: int, connections: int) -> tuple
     command = ["wrk", "-t", str(connections), "-c", str(connections), "-d", f"{duration}s", "--latency"]
     command += ["--timeout", "5s", "-s", str(LUA), f"http://127.0.0.1:{port}{workload.path}", "--"]
     command.append(workload.check or "none")
+    if workload.cookie:
+        command.append(workload.cookie)
     output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
     summary: list[int] = []
     visitors: list[Visitor] = []
@@ -283,7 +285,11 @@ def run_subject(
     subject: Subject, server: Server, namespace: Namespace, args: LoadSettings
 ) -> list[LoadResult]:
     """Every workload of ``subject`` on one gunicorn."""
-    workloads = [w for w in UNDER_LOAD if w.role == subject.role]
+    # The fixed cookie only for the plain WSGI baseline: Flask's own cookie
+    # session would parse it and try to load it, which is not the server's cost.
+    workloads = [
+        w for w in UNDER_LOAD if w.role == subject.role and (not w.cookie or subject.family == "wsgi")
+    ]
     with gunicorn(subject, server.args(), namespace) as running:
         return [measure(running, workload, subject, server, args) for workload in workloads]
 
@@ -323,16 +329,16 @@ def report(results: list[LoadResult], skipped: dict[str, str]) -> None:
     switches, the store server's µs) and the counter check of every run."""
     width = max((len(r.subject) for r in results), default=10)
     heading = (
-        f"{'server':<12} {'workload':<10} {'req/s':>8} {'min-max':<13} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'server':<12} {'workload':<14} {'req/s':>8} {'min-max':<13} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'cpu µs':>7} {'cs':>5} {'store':>6}  check"
     )
     print(f"{'subject':<{width}}  {heading}")
-    print("-" * (width + 81))
+    print("-" * (width + 85))
     for r in results:
         note = f" (expected: {r.expected_failure})" if r.expected_failure and not r.passed else ""
         cpu, switches, store = cpu_usage.columns(r.usage)
         print(
-            f"{r.subject:<{width}}  {r.server:<12} {r.workload:<10} {r.requests_per_s:8.0f} "
+            f"{r.subject:<{width}}  {r.server:<12} {r.workload:<14} {r.requests_per_s:8.0f} "
             f"{min(r.runs):6.0f}-{max(r.runs):<6.0f} {r.p50_ms:7.2f} {r.p99_ms:7.2f} "
             f"{cpu:>7} {switches:>5} {store:>6}  {r.check}{note}"
         )

@@ -1,7 +1,8 @@
 -- wrk script: one visitor per connection, keeping its session cookie.
 --
 -- Run with as many threads as connections (-t N -c N), so each thread's Lua
--- state is one connection's client: it sends no cookie at first, keeps the
+-- state is one connection's client: it sends no cookie at first (or the
+-- fixed cookie given as the second argument, for baselines), keeps the
 -- cookie of every Set-Cookie it receives (an emptied cookie is dropped), and
 -- checks every response body "n=<counter>;tag=<tag>":
 --   mode "inc":  the counter goes up by exactly one per response (from 1);
@@ -23,7 +24,8 @@ end
 
 function init(args)
   mode = args[1] or "none"
-  cookie, tag, detail = "", "", ""
+  -- args[2]: a fixed cookie to send from the first request (baselines).
+  cookie, tag, detail = args[2] or "", "", ""
   sent, ok, other, bad, last = 0, 0, 0, 0, 0
 end
 

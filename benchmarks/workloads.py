@@ -5,6 +5,8 @@ and the cookie it is sent with.
 workload        path        the request
 ==============  ==========  =================================================
 plain           /plain      baselines only: no session, no cookie
+plain + cookie  /plain      the plain WSGI baseline under gunicorn: a fixed
+                            cookie the size of a session's, which it ignores
 untouched       /plain      a session subject whose app never uses it
 read            /read       returning visitor, session ``n`` + 1 KB string
 increment       /inc        returning visitor, ``n += 1``
@@ -15,6 +17,11 @@ round trip      (any)       the RTT references: one store round trip
 
 A returning visitor's cookie comes from one priming request to the same path
 (which creates the session), so every session is the standard one.
+
+``plain + cookie`` separates what a session's cookie costs the server (gunicorn
+parses one more request header) from what the session middleware costs: the
+bare app is the limit of requests that carry no cookie, this is the limit of
+requests that carry one.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class Workload:
     :param check: what is checked on every response of the load test, and
         on a few before and after measuring in process (``"inc"``: the
         counter goes up by one; ``"read"``: it stays 0).
+    :param cookie: a fixed ``Cookie`` header the load test sends with every
+        request (baselines only; a session's own cookie comes from the server).
     """
 
     name: str
@@ -47,9 +56,15 @@ class Workload:
     creates: bool = False
     wants_set_cookie: bool = False
     check: t.Literal["", "inc", "read"] = ""
+    cookie: str = ""
 
+
+#: A cookie of the name and length of wsgi_session's (id, flags, issue time,
+#: signature), which no subject ever verifies: the baselines ignore it.
+SESSION_SIZED_COOKIE = "session=" + "A" * 32 + ".0.6b085bca." + "B" * 43
 
 PLAIN = Workload("plain", "/plain", role="baseline")
+PLAIN_COOKIE = Workload("plain + cookie", "/plain", role="baseline", cookie=SESSION_SIZED_COOKIE)
 UNTOUCHED = Workload("untouched", "/plain")
 READ = Workload("read", "/read", returning=True, check="read")
 INCREMENT = Workload("increment", "/inc", returning=True, check="inc")
@@ -59,5 +74,5 @@ ROUND_TRIP = Workload("round trip", "/rtt", role="rtt")
 
 #: Everything measured in process, in table order.
 IN_PROCESS: list[Workload] = [PLAIN, ROUND_TRIP, UNTOUCHED, READ, INCREMENT, NEW_VISITOR, READ_20K]
-#: Under gunicorn: the limit, a read-only request and a write.
-UNDER_LOAD: list[Workload] = [PLAIN, READ, INCREMENT]
+#: Under gunicorn: the limits without and with a cookie, a read-only request and a write.
+UNDER_LOAD: list[Workload] = [PLAIN, PLAIN_COOKIE, READ, INCREMENT]
