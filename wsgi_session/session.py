@@ -192,7 +192,7 @@ class Session(MutableMapping[str, t.Any]):
             raise TypeError(f"session keys must be str, not {type(key).__name__}")
         if key.startswith("\x00"):
             raise ValueError("session keys starting with NUL are reserved")
-        if self._record is None and not self._created and self._manager.manual:
+        if self._manager.manual and self._record is None and not self._created:
             raise SessionStateError("manual mode: call session.create_data() before writing")
         try:
             encoded = self._manager.serializer.dumps(value)

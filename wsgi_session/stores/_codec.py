@@ -55,6 +55,7 @@ def make_record(
         None if absolute in (None, b"", "") else _convert(_as_time, "absolute", absolute),
         longterm in (True, 1, b"1"),
         number,
+        {},
     )
 
 
