@@ -20,6 +20,12 @@ class SessionProxy:
     def __getitem__(self, key: str) -> t.Any:
         return self._session[key]
 
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        """``session[key]`` if present, else ``default`` (passed through: the
+        mapping's own ``get`` would go through ``__getitem__`` and, for a
+        missing key, a raised and caught ``KeyError``)."""
+        return self._session.get(key, default)
+
     def __setitem__(self, key: str, value: t.Any) -> None:
         self._session[key] = value
 
