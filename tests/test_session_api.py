@@ -7,13 +7,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-import sqlalchemy as sa
 from core_testkit import RecordingStore, id_of, set_cookies
 
 from wsgi_session import Session, SessionStateError, UnserializableValue
 from wsgi_session.record import MOVED_KEY
 from wsgi_session.signing import is_valid_id
-from wsgi_session.stores import SQLAlchemyStore
 
 
 def write(**values):
@@ -271,7 +269,13 @@ def test_reserved_keys_stay_invisible_after_every_value_was_decoded(scripted, tm
     """Reads look in the record's memo of decoded values first: nothing the
     process notes there (such as the "all values decoded" marker of a cached
     store) can ever answer for a key."""
-    store = SQLAlchemyStore(sa.create_engine(f"sqlite:///{tmp_path / 's.db'}")) if cached else None
+    store = None
+    if cached:
+        import sqlalchemy as sa  # the SQL extra, only for this case
+
+        from wsgi_session.stores import SQLAlchemyStore
+
+        store = SQLAlchemyStore(sa.create_engine(f"sqlite:///{tmp_path / 's.db'}"))
     app = scripted(store, **({"write_mode": "background"} if cached else {}))
     app.run(write(a=1, b="two"))
 

@@ -23,13 +23,6 @@ collector to walk beyond the values themselves.
 Locks are held only for dict operations. Callers never do I/O, encoding or
 decoding while holding one; :meth:`ShardedCache.update` runs a caller's merge
 function under the lock, and that function must be pure CPU work.
-
-:meth:`ShardedCache.get` and :meth:`ShardedCache.update` run on every request,
-so they take their lock with ``acquire()`` and release it in ``finally``
-instead of a ``with`` block: the same semantics, but on CPython 3.11 the
-``with`` statement's ``__enter__``/``__exit__`` calls cost about twice as much
-as the two plain calls (about 150 against 70 ns a lock, measured with
-``timeit``).
 """
 
 from __future__ import annotations
@@ -91,9 +84,7 @@ class ShardedCache(t.Generic[V]):
     def get(self, key: str) -> V | None:
         """The value for ``key`` (marking it used), or ``None``."""
         shard = self._shards[hash(key) & self._mask]
-        lock = shard.lock
-        lock.acquire()  # not ``with``: see the module docstring
-        try:
+        with shard.lock:
             value = shard.entries.get(key)
             if value is None:
                 return None
@@ -101,8 +92,6 @@ class ShardedCache(t.Generic[V]):
             if self._idle is not None:
                 shard.used[key] = self._clock()
             return value
-        finally:
-            lock.release()
 
     def peek(self, key: str) -> V | None:
         """The value for ``key`` without marking it used."""
@@ -132,9 +121,7 @@ class ShardedCache(t.Generic[V]):
         result removes the key. Returns the new value.
         """
         shard = self._shards[hash(key) & self._mask]
-        lock = shard.lock
-        lock.acquire()  # not ``with``: see the module docstring
-        try:
+        with shard.lock:
             entries = shard.entries
             current = entries.get(key)
             value = merge(current, *args)
@@ -149,8 +136,6 @@ class ShardedCache(t.Generic[V]):
             if self._idle is not None:
                 shard.used[key] = self._clock()
             evicted = self._trim(shard) if len(entries) > self._per_shard else None
-        finally:
-            lock.release()
         if evicted:
             self._report(evicted)
         return value

@@ -129,8 +129,8 @@ class Finisher:
                 return out
             session_id = session.id
             absolute = now + self._absolute if self._absolute is not None else None
-            # Fields by position (see wsgi_session.record): id, set, delete, clear,
-            # expires, absolute, longterm, created, create, defaults, local_only, base.
+            # Fields by position (see wsgi_session.record): id, set, delete,
+            # clear, expires, absolute, longterm, created, create, defaults, local_only.
             out.diffs.append(
                 SessionDiff(
                     session_id,
@@ -144,7 +144,6 @@ class Finisher:
                     True,
                     None,
                     local,
-                    None,
                 )
             )
             m.stats.created += 1

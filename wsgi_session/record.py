@@ -15,11 +15,16 @@ it. They are not declared ``frozen`` only because a frozen dataclass pays
 every write of every request. Build a new one (``dataclasses.replace``)
 instead of assigning to a field.
 
-The code that builds one on every request passes every field by position:
+The code that builds one on every request passes the fields by position:
 calling a class with keywords makes CPython collect them into a dict first,
-which made each construction about 1.6 times as slow, and leaving trailing
-fields to their defaults cost about 1.3 times as much as passing them
-(measured with ``timeit`` on CPython 3.11).
+which made each construction about twice as slow (measured with ``timeit``
+on CPython 3.11).
+
+A record's ``memo`` holds decoded values of its own ``values``, and
+:meth:`Session.get <wsgi_session.session.Session.get>` trusts it before it
+looks at ``values``: a record built from another with different ``values``
+(``dataclasses.replace(record, values=...)``) must get a memo of its own
+(``memo={}``), or keys it no longer holds would still be read.
 """
 
 from __future__ import annotations
@@ -141,7 +146,7 @@ def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord
             values.pop(key, None)
         values.update(diff.set)
         return SessionRecord(
-            diff.id, values, diff.created, diff.expires, diff.absolute, diff.longterm, diff.span, {}
+            diff.id, values, diff.created, diff.expires, diff.absolute, diff.longterm, diff.span
         )
     if MOVED_KEY in record.values:
         return record

@@ -55,7 +55,6 @@ def make_record(
         None if absolute in (None, b"", "") else _convert(_as_time, "absolute", absolute),
         longterm in (True, 1, b"1"),
         number,
-        {},
     )
 
 
