@@ -345,7 +345,7 @@ def _add_vary(headers: list[tuple[str, str]], name: str) -> None:
         if len(key) == 4 and key.lower() == "vary":
             tokens = {part.strip().lower() for part in value.split(",")}
             if "*" not in tokens and name.lower() not in tokens:
-                index = next(i for i, item in enumerate(headers) if item is header)
-                headers[index] = (key, f"{value}, {name}")
+                # The first header equal to this one is this one: the loop stops at the first Vary.
+                headers[headers.index(header)] = (key, f"{value}, {name}")
             return
     headers.append(("Vary", name))
