@@ -365,14 +365,16 @@ def _gunicorn_chart(results: Results, path: Path) -> Path:
     axes = list(axes) if len(servers) > 1 else [axes]
     height = 0.4
     for ax, server in zip(axes, servers, strict=True):
-        for offset, workload, color in (
-            (-height / 2, "read", "tab:blue"),
-            (height / 2, "increment", "tab:orange"),
+        # A baseline's bar is its plain request; a round-trip reference's, its
+        # one round trip (read) and two (increment: what a strict write makes).
+        for offset, (workload, reference), color in (
+            (-height / 2, ("read", "round trip"), "tab:blue"),
+            (height / 2, ("increment", "2 round trips"), "tab:orange"),
         ):
             values, low, high = [], [], []
             for subject in subjects:
                 found = [r for r in runs if (r["server"], r["subject"]) == (server, subject)]
-                match = [r for r in found if r["workload"] == workload] or [
+                match = [r for r in found if r["workload"] in (workload, reference)] or [
                     r for r in found if r["workload"] == "plain"
                 ]
                 median = match[0]["requests_per_s"] if match else 0
@@ -386,7 +388,7 @@ def _gunicorn_chart(results: Results, path: Path) -> Path:
                 color=color,
                 xerr=[low, high],
                 error_kw={"elinewidth": 0.8, "capsize": 2},
-                label=f"{workload} (plain for baselines)",
+                label=f"{workload} (baselines: plain; references: {reference})",
             )
         ax.set_title(f"gunicorn {server}, wrk 8 connections (median, min-max of the runs)")
         ax.set_xlabel("requests/s")

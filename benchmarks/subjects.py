@@ -236,15 +236,22 @@ def bare(namespace: Namespace) -> Target:
 # -- one round trip, the unit ---------------------------------------------------------------
 
 
+def _round_trips(environ: WSGIEnvironment) -> range:
+    """One round trip per request; two for ``/rtt2``."""
+    return range(2 if environ.get("PATH_INFO") == "/rtt2" else 1)
+
+
 def _redis_get(namespace: Namespace) -> Target:
-    """One redis-py ``GET`` per request (on the same kind of client)."""
+    """One redis-py ``GET`` per request (on the same kind of client); two
+    on ``/rtt2``."""
     counters = Counters()
     client = counting_redis(REDIS_URL, counters.redis)
     key = namespace.redis_prefix("rtt") + "key"
     client.set(key, b"x" * 16, ex=3600)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        client.get(key)
+        for _ in _round_trips(environ):
+            client.get(key)
         start_response("200 OK", [])
         return [b"ok"]
 
@@ -256,7 +263,8 @@ def _redis_get(namespace: Namespace) -> Target:
 
 
 def _postgres_select(namespace: Namespace) -> Target:
-    """One ``SELECT 1`` per request on a psycopg2 connection in autocommit."""
+    """One ``SELECT 1`` per request on a psycopg2 connection in autocommit;
+    two on ``/rtt2``."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(namespace.postgres_url, poolclass=sa.pool.NullPool)
@@ -268,9 +276,10 @@ def _postgres_select(namespace: Namespace) -> Target:
     counters = Counters()
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        cursor.execute("SELECT 1")
-        cursor.fetchone()
-        counters.sql_statements.add()
+        for _ in _round_trips(environ):
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+            counters.sql_statements.add()
         start_response("200 OK", [])
         return [b"ok"]
 
@@ -314,9 +323,14 @@ def all_subjects() -> list[Subject]:
     ]
     subjects += peers.flask_peers()
     subjects += [
-        Subject("redis-py GET (1 RTT)", "rtt-redis", _redis_get, role="rtt", store="redis"),
+        Subject("redis-py GET", "rtt-redis", _redis_get, role="rtt", store="redis", gunicorn=True),
         Subject(
-            "psycopg2 SELECT 1 (1 RTT)", "rtt-postgresql", _postgres_select, role="rtt", store="postgresql"
+            "psycopg2 SELECT 1",
+            "rtt-postgresql",
+            _postgres_select,
+            role="rtt",
+            store="postgresql",
+            gunicorn=True,
         ),
     ]
     return subjects

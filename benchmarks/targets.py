@@ -89,10 +89,50 @@ def _not_comparable(
     return check
 
 
+#: The round-trip reference of each store: one plain client call per round trip.
+RTT_SUBJECTS = {"redis": "redis-py GET", "postgresql": "psycopg2 SELECT 1"}
+
+
 def rtt(results: Results, store: str) -> float | None:
     """The median µs of one plain round trip to ``store``."""
-    name = {"redis": "redis-py GET (1 RTT)", "postgresql": "psycopg2 SELECT 1 (1 RTT)"}[store]
-    return median(results, name, "round trip")
+    return median(results, RTT_SUBJECTS[store], "round trip")
+
+
+def worker_cpu(results: Results, subject: str, workload: str, server: str) -> float | None:
+    """The gunicorn worker's CPU µs per request in one run, where metered."""
+    worker = ((load_run(results, subject, workload, server) or {}).get("usage") or {}).get("worker")
+    return None if worker is None else float(worker["cpu_us"])
+
+
+def two_round_trip_reference(results: Results, ours: str, theirs: str, server: str) -> str:
+    """How the least a strict increment must do compares with ``theirs``:
+    two round trips (a read and a write) with no session code around them.
+
+    For a plain WSGI subject it is measured in the same run: the bare app
+    making two plain client calls per request and nothing else. Inside Flask
+    it is estimated, on a gthread worker only (whose rate is about the
+    inverse of its CPU per request): Flask alone's worker CPU plus what the
+    two calls add to the bare app's, against the peer's worker CPU."""
+    reference = RTT_SUBJECTS["postgresql" if "postgresql" in ours else "redis"]
+    two = load(results, reference, "2 round trips", server)
+    peer = load(results, theirs, "increment", server)
+    if two is None or peer is None:
+        return ""
+    if not ours.startswith("flask"):
+        return (
+            f"; the bare app making 2 {reference} calls per request and nothing else: "
+            f"{two:,.0f} req/s, {two / peer:.2f}x"
+        )
+    cases = ((reference, "2 round trips"), ("bare", "plain"), ("flask", "plain"), (theirs, "increment"))
+    cpu = [worker_cpu(results, subject, workload, server) for subject, workload in cases]
+    if server != "gthread 1x4" or None in cpu:
+        return ""
+    two_cpu, bare_cpu, flask_cpu, peer_cpu = t.cast("list[float]", cpu)
+    floor = flask_cpu + two_cpu - bare_cpu
+    return (
+        f"; Flask alone plus 2 {reference} calls ≈ {peer_cpu / floor:.2f}x (estimated from worker "
+        f"CPU: {flask_cpu:,.0f} + {two_cpu - bare_cpu:,.0f} µs/req against {peer_cpu:,.0f})"
+    )
 
 
 def _memory_store(results: Results) -> list[Check]:
@@ -205,13 +245,9 @@ def _ratio(label: str, ours: float | None, theirs: float | None, goal: float, un
 def _with_cpu(check: Check, results: Results, subjects: tuple[str, str], workload: str, server: str) -> Check:
     """``check`` with the worker CPU per request of both subjects, where
     measured: a gunicorn worker's rate is about the inverse of it."""
-    cpu = []
-    for subject in subjects:
-        run = load_run(results, subject, workload, server)
-        worker = (run or {}).get("usage", {}).get("worker")
-        if worker is None:
-            return check
-        cpu.append(worker["cpu_us"])
+    cpu = [worker_cpu(results, subject, workload, server) for subject in subjects]
+    if None in cpu:
+        return check
     note = f"; worker CPU {cpu[0]:,.0f} vs {cpu[1]:,.0f} µs/req"
     return dataclasses.replace(check, measured=check.measured + note)
 
@@ -257,6 +293,8 @@ def _gunicorn(results: Results) -> list[Check]:
                 2,
             )
             check = _with_cpu(check, results, (ours, theirs), "increment", server)
+            reference = two_round_trip_reference(results, ours, theirs, server)
+            check = dataclasses.replace(check, measured=check.measured + reference)
             checks.append(_not_comparable(check, results, (ours, theirs), "increment", server))
             # The same in the relaxed write mode (the response does not wait
             # for the store): exact within one process, stale across several.

@@ -176,3 +176,25 @@ def test_redis_read_is_one_round_trip_and_increment_two() -> None:
         for key in client.scan_iter(prefix + "*"):
             client.delete(key)
         client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_the_round_trip_references_make_one_and_two() -> None:
+    """The benchmarks' RTT references (``/rtt`` one call, ``/rtt2`` two):
+    what the load test compares a strict increment with."""
+    from benchmarks.cases import base_environ, call
+    from benchmarks.settings import Namespace
+    from benchmarks.subjects import by_slug
+
+    require("Redis", port_open(6379, "127.0.0.1"), REDIS_URL)
+    require("PostgreSQL", port_open(5432, "127.0.0.1"), POSTGRES_URL)
+    for slug, counter in (("rtt-redis", "redis"), ("rtt-postgresql", "sql_statements")):
+        target = by_slug(slug).build(Namespace.new())
+        try:
+            for path, expected in (("/rtt", 1), ("/rtt2", 2)):
+                before = target.counters.snapshot()[counter]
+                assert call(target.app, base_environ(path))[0] == "200 OK"
+                assert target.counters.snapshot()[counter] - before == expected, (slug, path)
+        finally:
+            target.close()
