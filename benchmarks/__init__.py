@@ -10,6 +10,7 @@ namespaces), :mod:`benchmarks.apps` (the tiny apps every subject runs),
 measurement
 (:mod:`benchmarks.inprocess`, :mod:`benchmarks.loadtest`,
 :mod:`benchmarks.memory`, :mod:`benchmarks.profiling`) and the report
-(:mod:`benchmarks.report`, :mod:`benchmarks.targets`), and
-:mod:`benchmarks.cleanup`, which removes what a run stored.
+(:mod:`benchmarks.report`, :mod:`benchmarks.targets`),
+:mod:`benchmarks.cleanup`, which removes what a run stored, and
+:mod:`benchmarks.opcodes`, which counts the bytecode a request executes.
 """

@@ -1,0 +1,19 @@
+"""The opcode counter of the benchmark suite (``benchmarks/opcodes.py``)."""
+
+from __future__ import annotations
+
+from benchmarks.opcodes import trace
+
+
+def test_a_write_is_more_work_than_a_read_and_the_loop_is_not_counted() -> None:
+    read = trace("ws-mem", "read", requests=5, warmup=5)
+    increment = trace("ws-mem", "increment", requests=5, warmup=5)
+    functions = {name for name, _, _ in read.per_request()}
+    assert "session.py:Session._load" in functions
+    assert "cases.py:run_batch" not in functions
+    # Every request loads its session once, whatever it does with it.
+    assert {name: calls for name, _, calls in read.per_request()}["session.py:Session._load"] == 1
+    # The increment also encodes and merges its change: strictly more work.
+    assert increment.total > read.total > 0
+    assert "record.py:apply_diff" in {name for name, _, _ in increment.per_request()}
+    assert "record.py:apply_diff" not in functions
