@@ -42,6 +42,8 @@ GetSession = t.Callable[["WSGIEnvironment"], "MutableMapping[str, t.Any]"]
 Save = t.Callable[["MutableMapping[str, t.Any]"], None]
 
 PATHS = ("/plain", "/read", "/read20k", "/inc")
+#: The headers of the answer to ``/plain`` (the round-trip references send them too).
+PLAIN_HEADERS = (("Content-Type", "text/plain"), ("Content-Length", "2"))
 
 
 def make_blob(size: int, seed: int = 4) -> str:
@@ -89,12 +91,11 @@ def parse_body(body: bytes) -> tuple[int, str]:
 
 def wsgi_app(get_session: GetSession | None, save: Save | None = None) -> WSGIApplication:
     """The plain WSGI app; ``get_session=None`` serves ``/plain`` only."""
-    headers_ok = [("Content-Type", "text/plain"), ("Content-Length", "2")]
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/plain":
-            start_response("200 OK", list(headers_ok))
+            start_response("200 OK", list(PLAIN_HEADERS))
             return [b"ok"]
         if get_session is None or path not in _BLOBS:
             start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "0")])

@@ -105,7 +105,10 @@ class LoadResult:
     :param runs: requests/s of each run.
     :param p50_ms: the median over the runs of each run's median latency.
     :param p99_ms: the median over the runs of each run's 99th percentile.
-    :param check: ``"exact"``, ``"n/a"`` or what failed (in which run).
+    :param check: ``"exact"``, ``"n/a"`` (a workload without a counter to
+        check) or what failed, in which run: a session that came back wrong,
+        or any error wrk counted (a refused connection, a timeout, a status
+        other than 200). A failed run's rate is not a measurement.
     :param expected_failure: why a failed check is the documented behaviour
         (a per-process store or a relaxed mode with several workers), or ``""``.
     :param usage: per request, the CPU µs (``cpu_us``) and context switches
@@ -242,6 +245,21 @@ def meter_for(subject: Subject, running: Running) -> cpu_usage.Meter | None:
     return cpu_usage.Meter(groups)
 
 
+def run_check(check: str, verdict: str, errors: dict[str, int], run: int, runs: int) -> str:
+    """The check of a load test after its run number ``run``: the first
+    failure stays; else a wrong session (``verdict``) or any error wrk
+    counted fails it. A failed request is cheap, so a run with errors would
+    report a rate that was never served."""
+    if check not in ("exact", "n/a"):
+        return check
+    if verdict not in ("exact", "n/a"):
+        return f"{verdict} (run {run} of {runs})"
+    failed = {name: count for name, count in errors.items() if count}
+    if failed:
+        return f"wrk counted errors {failed} (run {run} of {runs})"
+    return check
+
+
 def measure(
     running: Running, workload: Workload, subject: Subject, server: Server, args: LoadSettings
 ) -> LoadResult:
@@ -261,11 +279,11 @@ def measure(
         p50s.append(p50 / 1000)
         p99s.append(p99 / 1000)
         requests += count
-        for name, value in zip(errors, error_counts, strict=True):
+        run_errors = dict(zip(errors, error_counts, strict=True))
+        for name, value in run_errors.items():
             errors[name] += value
         verdict = verify(port, workload, visitors, subject.lag)
-        if verdict not in ("exact", "n/a") and check == "exact":
-            check = f"{verdict} (run {index + 1} of {args.repeats})"
+        check = run_check(check, verdict, run_errors, index + 1, args.repeats)
     return LoadResult(
         subject.name,
         server.name,

@@ -27,9 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.cases import build_cases, close_cases, run_batch
+from benchmarks.cleanup import sweep
 from benchmarks.settings import Namespace
-from benchmarks.subjects import by_slug
-from benchmarks.workloads import IN_PROCESS
+from benchmarks.subjects import Subject, by_slug
+from benchmarks.workloads import IN_PROCESS, Workload
 
 
 @dataclasses.dataclass
@@ -49,23 +50,47 @@ class Trace:
 
     @property
     def total(self) -> float:
+        """Bytecode instructions per request, all functions together."""
         return sum(self.instructions.values()) / self.requests
 
     @property
     def total_calls(self) -> float:
+        """Python function calls per request (calls into C are not counted)."""
         return sum(self.calls.values()) / self.requests
 
 
 def _name(code: types.CodeType) -> str:
+    """``file:qualified.name``: short, and unique enough within the suite."""
     return f"{Path(code.co_filename).name}:{code.co_qualname}"
 
 
 def trace(slug: str, workload_name: str, requests: int = 20, warmup: int = 50) -> Trace:
-    """Trace ``requests`` requests of one in-process case (after ``warmup``)."""
+    """Trace ``requests`` requests of one in-process case (after ``warmup``).
+
+    :raises SystemExit: no such subject or workload, or the case cannot run here.
+    """
     workloads = [w for w in IN_PROCESS if w.name == workload_name]
-    cases, skipped = build_cases(Namespace.new(), [by_slug(slug)], workloads)
+    if not workloads:
+        names = ", ".join(repr(w.name) for w in IN_PROCESS)
+        raise SystemExit(f"no in-process workload {workload_name!r}; there are {names}")
+    try:
+        subject = by_slug(slug)
+    except KeyError:
+        raise SystemExit(f"no subject {slug!r} (see the slugs in benchmarks/subjects.py)") from None
+    namespace = Namespace.new()
+    try:
+        return _trace_case(namespace, subject, workloads, requests, warmup)
+    finally:
+        sweep(namespace)
+
+
+def _trace_case(
+    namespace: Namespace, subject: Subject, workloads: list[Workload], requests: int, warmup: int
+) -> Trace:
+    """Build the case, warm it up and trace it; close it whatever happens."""
+    cases, skipped = build_cases(namespace, [subject], workloads)
     if not cases:
-        raise SystemExit(f"cannot run {slug} / {workload_name}: {skipped or 'no such workload for it'}")
+        raise SystemExit(f"cannot run {subject.slug} / {workloads[0].name}: {skipped or 'not for it'}")
     case = cases[0]
     instructions: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
@@ -80,11 +105,12 @@ def trace(slug: str, workload_name: str, requests: int = 20, warmup: int = 50) -
 
     try:
         run_batch(case.target.app, case.environ, warmup)
+        previous = sys.gettrace()  # a debugger's or coverage's tracer, put back afterwards
         sys.settrace(tracer)
         try:
             run_batch(case.target.app, case.environ, requests)
         finally:
-            sys.settrace(None)
+            sys.settrace(previous)
     finally:
         close_cases(cases)
     # The loop itself is not the request's work.
@@ -93,6 +119,7 @@ def trace(slug: str, workload_name: str, requests: int = 20, warmup: int = 50) -
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line: trace one case and print its busiest functions."""
     parser = argparse.ArgumentParser(description="Bytecode instructions per request, by function.")
     parser.add_argument("--subject", default="ws-mem", help="a subject's slug (ws-mem)")
     parser.add_argument("--workload", default="increment", help="an in-process workload (increment)")

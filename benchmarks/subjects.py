@@ -12,10 +12,11 @@ subjects are in :mod:`benchmarks.peers`.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import typing as t
 
-from .apps import flask_app, wsgi_app
+from .apps import PLAIN_HEADERS, flask_app, wsgi_app
 from .cleanup import delete_redis_keys, drop_postgres_tables, remove_sqlite_files
 from .counting import Counters, counting_connect_args, counting_redis
 from .settings import REDIS_URL, SECRET, Namespace
@@ -91,7 +92,7 @@ class Subject:
     shared: bool = True
     lag: float = 0.0
     gunicorn: bool = False
-    cleanup: t.Callable[[Namespace], None] = lambda namespace: None
+    cleanup: t.Callable[[Namespace], object] = lambda namespace: None
 
 
 # -- wsgi_session ------------------------------------------------------------------------------
@@ -243,7 +244,8 @@ def _round_trips(environ: WSGIEnvironment) -> range:
 
 def _redis_get(namespace: Namespace) -> Target:
     """One redis-py ``GET`` per request (on the same kind of client); two
-    on ``/rtt2``."""
+    on ``/rtt2``. The client's connection pool is thread-safe: each thread
+    of a gthread worker takes its own connection."""
     counters = Counters()
     client = counting_redis(REDIS_URL, counters.redis)
     key = namespace.redis_prefix("rtt") + "key"
@@ -252,7 +254,7 @@ def _redis_get(namespace: Namespace) -> Target:
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         for _ in _round_trips(environ):
             client.get(key)
-        start_response("200 OK", [])
+        start_response("200 OK", list(PLAIN_HEADERS))  # the bare app's: only the calls differ
         return [b"ok"]
 
     def close() -> None:
@@ -264,28 +266,43 @@ def _redis_get(namespace: Namespace) -> Target:
 
 def _postgres_select(namespace: Namespace) -> Target:
     """One ``SELECT 1`` per request on a psycopg2 connection in autocommit;
-    two on ``/rtt2``."""
+    two on ``/rtt2``. A psycopg2 connection serves one thread at a time,
+    so each thread opens its own (the first request of a thread pays for
+    it; warm-up covers that)."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(namespace.postgres_url, poolclass=sa.pool.NullPool)
-    raw = engine.raw_connection()
-    dbapi = raw.dbapi_connection
-    assert dbapi is not None
-    dbapi.autocommit = True
-    cursor = dbapi.cursor()
+    per_thread = threading.local()
+    opened: list[t.Any] = []
+    opened_lock = threading.Lock()
     counters = Counters()
 
+    def thread_cursor() -> t.Any:
+        cursor = getattr(per_thread, "cursor", None)
+        if cursor is None:
+            raw = engine.raw_connection()
+            dbapi = raw.dbapi_connection
+            assert dbapi is not None
+            dbapi.autocommit = True
+            cursor = per_thread.cursor = dbapi.cursor()
+            with opened_lock:
+                opened.append(raw)
+        return cursor
+
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        cursor = thread_cursor()
         for _ in _round_trips(environ):
             cursor.execute("SELECT 1")
             cursor.fetchone()
             counters.sql_statements.add()
-        start_response("200 OK", [])
+        start_response("200 OK", list(PLAIN_HEADERS))  # the bare app's: only the calls differ
         return [b"ok"]
 
     def close() -> None:
-        cursor.close()
-        raw.close()
+        with opened_lock:
+            for raw in opened:
+                raw.close()
+            opened.clear()
         engine.dispose()
 
     return Target(app, close=close, counters=counters)
@@ -323,7 +340,15 @@ def all_subjects() -> list[Subject]:
     ]
     subjects += peers.flask_peers()
     subjects += [
-        Subject("redis-py GET", "rtt-redis", _redis_get, role="rtt", store="redis", gunicorn=True),
+        Subject(
+            "redis-py GET",
+            "rtt-redis",
+            _redis_get,
+            role="rtt",
+            store="redis",
+            gunicorn=True,
+            cleanup=lambda namespace: delete_redis_keys(namespace.redis_prefix("rtt") + "*"),
+        ),
         Subject(
             "psycopg2 SELECT 1",
             "rtt-postgresql",

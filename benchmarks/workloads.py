@@ -24,9 +24,10 @@ parses one more request header) from what the session middleware costs: the
 bare app is the limit of requests that carry no cookie, this is the limit of
 requests that carry one.
 
-``2 round trips`` is what the cheapest possible strict write costs a gunicorn
-worker (a read and a write, with no session code at all around them): the
-ceiling of any design that makes two round trips per increment.
+``2 round trips`` is what a strict write's round trips (a read and a write)
+cost a gunicorn worker when two plain client calls make them, with no
+session code around them: a reference for the strict increments, not a
+bound (a leaner client path than redis-py's, like ours, can beat it).
 """
 
 from __future__ import annotations

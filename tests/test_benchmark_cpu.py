@@ -197,7 +197,25 @@ def test_a_strict_increment_is_compared_with_two_bare_round_trips():
         "; Flask alone plus 2 redis-py GET calls ≈ 1.33x (estimated from worker CPU: "
         "676 + 455 µs/req against 1,500)"
     )
+    # A reference run that failed (wrk counted errors) is no reference either.
+    failed = [{**r, "passed": False} if r["subject"] == "redis-py GET" else r for r in runs]
+    checks = {c.target: c for c in _gunicorn({"gunicorn": failed})}
+    assert checks[_REDIS_VS_BEAKER].measured == "1.56x (1,330 vs 850 req/s); worker CPU 784 vs 1,300 µs/req"
+    assert "redis-py" not in checks["gthread 1x4: inside Flask: Redis increment vs Flask-Session"].measured
     # Without the reference run (older results) the note is left out.
     runs = [r for r in runs if r["subject"] != "redis-py GET"]
     checks = {c.target: c for c in _gunicorn({"gunicorn": runs})}
     assert checks[_REDIS_VS_BEAKER].measured == "1.56x (1,330 vs 850 req/s); worker CPU 784 vs 1,300 µs/req"
+
+
+def test_a_run_in_which_wrk_counted_errors_fails_even_without_a_counter_to_check():
+    from benchmarks.loadtest import run_check
+
+    errors = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
+    assert run_check("n/a", "n/a", errors, 1, 3) == "n/a"
+    assert run_check("exact", "exact", errors, 1, 3) == "exact"
+    flawed = {**errors, "status": 1370}
+    assert run_check("n/a", "n/a", flawed, 2, 3) == "wrk counted errors {'status': 1370} (run 2 of 3)"
+    assert run_check("exact", "n=3 expected 4", errors, 3, 3) == "n=3 expected 4 (run 3 of 3)"
+    # The first failure is the one reported.
+    assert run_check("lost (run 1 of 3)", "exact", flawed, 2, 3) == "lost (run 1 of 3)"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
+import pytest
+
 from benchmarks.opcodes import trace
 
 
@@ -17,3 +22,23 @@ def test_a_write_is_more_work_than_a_read_and_the_loop_is_not_counted() -> None:
     assert increment.total > read.total > 0
     assert "record.py:apply_diff" in {name for name, _, _ in increment.per_request()}
     assert "record.py:apply_diff" not in functions
+
+
+def test_an_unknown_workload_or_subject_is_refused_not_traced_as_something_else() -> None:
+    with pytest.raises(SystemExit, match="no in-process workload 'incremnet'"):
+        trace("ws-mem", "incremnet")
+    with pytest.raises(SystemExit, match="no subject 'ws-nope'"):
+        trace("ws-nope", "read")
+
+
+def test_a_tracer_that_was_installed_before_is_put_back() -> None:
+    def outer(frame: types.FrameType, event: str, arg: object) -> None:
+        return None
+
+    previous = sys.gettrace()
+    sys.settrace(outer)
+    try:
+        trace("ws-mem", "read", requests=2, warmup=2)
+        assert sys.gettrace() is outer
+    finally:
+        sys.settrace(previous)

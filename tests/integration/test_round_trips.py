@@ -14,6 +14,8 @@ trips by a connection class that counts each send (a pipeline is one).
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
 import typing as t
 import uuid
@@ -22,7 +24,10 @@ import pytest
 import sqlalchemy as sa
 from services import MYSQL_URL, POSTGRES_URL, REDIS_URL, port_open, require
 
+from benchmarks.cases import base_environ, call
 from benchmarks.counting import Counter, PostgresQueryCounter, counting_redis
+from benchmarks.settings import Namespace
+from benchmarks.subjects import by_slug
 from wsgi_session import SessionConfig, SessionMiddleware
 from wsgi_session.stores import RedisStore, SQLAlchemyStore
 
@@ -181,20 +186,51 @@ def test_redis_read_is_one_round_trip_and_increment_two() -> None:
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_the_round_trip_references_make_one_and_two() -> None:
-    """The benchmarks' RTT references (``/rtt`` one call, ``/rtt2`` two):
-    what the load test compares a strict increment with."""
-    from benchmarks.cases import base_environ, call
-    from benchmarks.settings import Namespace
-    from benchmarks.subjects import by_slug
-
+    """The benchmarks' RTT references (``/rtt`` one call, ``/rtt2`` two),
+    counted on the wire: what the load test compares a strict increment with."""
     require("Redis", port_open(6379, "127.0.0.1"), REDIS_URL)
     require("PostgreSQL", port_open(5432, "127.0.0.1"), POSTGRES_URL)
-    for slug, counter in (("rtt-redis", "redis"), ("rtt-postgresql", "sql_statements")):
-        target = by_slug(slug).build(Namespace.new())
+    # Redis: the counting client counts each command it sends.
+    target = by_slug("rtt-redis").build(Namespace.new())
+    try:
+        for path, expected in (("/rtt", 1), ("/rtt2", 2)):
+            before = target.counters.snapshot()["redis"]
+            assert call(target.app, base_environ(path))[0] == "200 OK"
+            assert target.counters.snapshot()["redis"] - before == expected, path
+    finally:
+        target.close()
+    # PostgreSQL: the proxy counts the queries that reach the server.
+    with PostgresQueryCounter.running(POSTGRES_URL) as proxy:
+        target = by_slug("rtt-postgresql").build(Namespace.new().via(proxy.url_for(POSTGRES_URL)))
         try:
+            call(target.app, base_environ("/rtt"))  # the thread's connection is opened here
             for path, expected in (("/rtt", 1), ("/rtt2", 2)):
-                before = target.counters.snapshot()[counter]
+                before = proxy.queries.value
                 assert call(target.app, base_environ(path))[0] == "200 OK"
-                assert target.counters.snapshot()[counter] - before == expected, (slug, path)
+                assert proxy.queries.value - before == expected, path
         finally:
             target.close()
+
+
+@pytest.mark.parametrize("slug", ["rtt-redis", "rtt-postgresql"])
+def test_the_round_trip_references_serve_concurrent_threads(slug: str) -> None:
+    """A gthread worker calls a reference from 4 threads at once: every
+    call must succeed (a psycopg2 connection shared between threads did
+    not, and its failed requests were cheap ones)."""
+    if slug == "rtt-redis":
+        require("Redis", port_open(6379, "127.0.0.1"), REDIS_URL)
+    else:
+        require("PostgreSQL", port_open(5432, "127.0.0.1"), POSTGRES_URL)
+    target = by_slug(slug).build(Namespace.new())
+    start = threading.Barrier(4)
+
+    def requests() -> list[str]:
+        start.wait()
+        return [call(target.app, base_environ("/rtt2"))[0] for _ in range(200)]
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            statuses = [status for batch in pool.map(lambda _: requests(), range(4)) for status in batch]
+    finally:
+        target.close()
+    assert statuses == ["200 OK"] * 800
