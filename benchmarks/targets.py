@@ -144,6 +144,10 @@ def two_round_trip_reference(results: Results, ours: str, theirs: str, server: s
     if server != "gthread 1x4" or None in cpu:
         return ""
     two_cpu, bare_cpu, flask_cpu, peer_cpu = t.cast("list[float]", cpu)
+    if two_cpu <= bare_cpu:
+        # The calls cost the worker nothing measurable: a busier worker can
+        # spend less CPU per request (fewer wake-ups), so there is nothing to add.
+        return ""
     estimate = flask_cpu + two_cpu - bare_cpu
     return (
         f"; Flask alone plus 2 {reference} calls ≈ {peer_cpu / estimate:.2f}x (estimated from worker "
