@@ -225,7 +225,7 @@ def profile(cases: list[Case], run_time: float, top: int) -> None:
 
 def rtt_units(results: list[Measurement]) -> dict[str, float]:
     """The median µs of one round trip, by store (``redis``, ``postgresql``)."""
-    return {m.subject.store: m.median for m in results if m.subject.role == "rtt"}
+    return {m.subject.store: m.median for m in results if m.subject.role == "rtt" and m.subject.unit}
 
 
 def baselines(results: list[Measurement]) -> dict[str, float]:
@@ -260,6 +260,7 @@ def as_rows(results: list[Measurement]) -> list[dict[str, t.Any]]:
             family=m.subject.family,
             store=m.subject.store,
             ours=m.subject.ours,
+            unit=m.subject.role == "rtt" and m.subject.unit,
             added_us=(
                 m.median - base[m.subject.family]
                 if m.subject.role == "session" and m.subject.family in base

@@ -5,24 +5,24 @@ A subject is one session implementation (or a baseline) around the apps of
 so that everything it stores is named after the run. The same subjects run
 in process (:mod:`benchmarks.inprocess`) and in gunicorn workers
 (:mod:`benchmarks.serve`). This module holds the types, wsgi_session's
-subjects, the round-trip references and the registry; the other libraries'
-subjects are in :mod:`benchmarks.peers`.
+subjects and the registry; the other libraries' subjects are in
+:mod:`benchmarks.peers`, the round-trip references in
+:mod:`benchmarks.references`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 import typing as t
 
-from .apps import PLAIN_HEADERS, flask_app, wsgi_app
+from .apps import flask_app, wsgi_app
 from .cleanup import delete_redis_keys, drop_postgres_tables, remove_sqlite_files
 from .counting import Counters, counting_connect_args, counting_redis
 from .settings import REDIS_URL, SECRET, Namespace
 
 if t.TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication
 
     from wsgi_session.stores.base import Store
 
@@ -71,6 +71,8 @@ class Subject:
     :param family: ``"wsgi"`` (plain WSGI app) or ``"flask"``.
     :param store: ``"memory"``, ``"redis"``, ``"postgresql"``, ``"sqlite"``,
         ``"cookie"`` or ``""``; picks the RTT unit.
+    :param unit: a round-trip reference (``role="rtt"``) that is its store's
+        RTT unit; the others are compared under gunicorn only.
     :param ours: a wsgi_session subject (held to its "no Set-Cookie noise" promise).
     :param shared: its sessions are visible to every worker process (a
         per-process memory store's are not: its counters cannot be exact
@@ -89,6 +91,7 @@ class Subject:
     family: str = "wsgi"
     store: str = ""
     ours: bool = False
+    unit: bool = True
     shared: bool = True
     lag: float = 0.0
     gunicorn: bool = False
@@ -234,86 +237,12 @@ def bare(namespace: Namespace) -> Target:
     return Target(wsgi_app(None))
 
 
-# -- one round trip, the unit ---------------------------------------------------------------
-
-
-def _round_trips(environ: WSGIEnvironment) -> range:
-    """One round trip per request; two for ``/rtt2``."""
-    return range(2 if environ.get("PATH_INFO") == "/rtt2" else 1)
-
-
-def _redis_get(namespace: Namespace) -> Target:
-    """One redis-py ``GET`` per request (on the same kind of client); two
-    on ``/rtt2``. The client's connection pool is thread-safe: each thread
-    of a gthread worker takes its own connection."""
-    counters = Counters()
-    client = counting_redis(REDIS_URL, counters.redis)
-    key = namespace.redis_prefix("rtt") + "key"
-    client.set(key, b"x" * 16, ex=3600)
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        for _ in _round_trips(environ):
-            client.get(key)
-        start_response("200 OK", list(PLAIN_HEADERS))  # the bare app's: only the calls differ
-        return [b"ok"]
-
-    def close() -> None:
-        client.delete(key)
-        client.close()
-
-    return Target(app, close=close, counters=counters)
-
-
-def _postgres_select(namespace: Namespace) -> Target:
-    """One ``SELECT 1`` per request on a psycopg2 connection in autocommit;
-    two on ``/rtt2``. A psycopg2 connection serves one thread at a time,
-    so each thread opens its own (the first request of a thread pays for
-    it; warm-up covers that)."""
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(namespace.postgres_url, poolclass=sa.pool.NullPool)
-    per_thread = threading.local()
-    opened: list[t.Any] = []
-    opened_lock = threading.Lock()
-    counters = Counters()
-
-    def thread_cursor() -> t.Any:
-        cursor = getattr(per_thread, "cursor", None)
-        if cursor is None:
-            raw = engine.raw_connection()
-            dbapi = raw.dbapi_connection
-            assert dbapi is not None
-            dbapi.autocommit = True
-            cursor = per_thread.cursor = dbapi.cursor()
-            with opened_lock:
-                opened.append(raw)
-        return cursor
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
-        cursor = thread_cursor()
-        for _ in _round_trips(environ):
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-            counters.sql_statements.add()
-        start_response("200 OK", list(PLAIN_HEADERS))  # the bare app's: only the calls differ
-        return [b"ok"]
-
-    def close() -> None:
-        with opened_lock:
-            for raw in opened:
-                raw.close()
-            opened.clear()
-        engine.dispose()
-
-    return Target(app, close=close, counters=counters)
-
-
 # -- the registry ------------------------------------------------------------------------------
 
 
 def all_subjects() -> list[Subject]:
     """Every subject, in the order of the tables."""
-    from . import peers
+    from . import peers, references
 
     relaxed = [mode for mode in _relaxations() if mode]
     subjects = [
@@ -339,25 +268,7 @@ def all_subjects() -> list[Subject]:
         ours("postgresql", "background", flask=True, gunicorn=True),
     ]
     subjects += peers.flask_peers()
-    subjects += [
-        Subject(
-            "redis-py GET",
-            "rtt-redis",
-            _redis_get,
-            role="rtt",
-            store="redis",
-            gunicorn=True,
-            cleanup=lambda namespace: delete_redis_keys(namespace.redis_prefix("rtt") + "*"),
-        ),
-        Subject(
-            "psycopg2 SELECT 1",
-            "rtt-postgresql",
-            _postgres_select,
-            role="rtt",
-            store="postgresql",
-            gunicorn=True,
-        ),
-    ]
+    subjects += references.round_trip_references()
     return subjects
 
 

@@ -99,7 +99,11 @@ def rtt_subject(results: Results, store: str) -> str:
     """The name of ``store``'s round-trip reference in ``results``: found by
     its role, so results saved under an earlier name still render."""
     for measurement in results.get("inprocess", []):
-        if measurement.get("role") == "rtt" and measurement.get("store") == store:
+        if (
+            measurement.get("role") == "rtt"
+            and measurement.get("store") == store
+            and measurement.get("unit", True)
+        ):
             return str(measurement["subject"])
     return RTT_SUBJECTS[store]
 
@@ -115,43 +119,58 @@ def worker_cpu(results: Results, subject: str, workload: str, server: str) -> fl
     return None if worker is None else float(worker["cpu_us"])
 
 
+#: Under gunicorn, the Redis references that are not units: the same
+#: ``GET`` through our store's request path, and on a bare socket.
+REDIS_CLIENT_REFERENCES = ("wsgi_session client GET", "socket GET")
+
+
 def two_round_trip_reference(results: Results, ours: str, theirs: str, server: str) -> str:
     """What two plain client calls per request reach against ``theirs``: the
-    round trips of a strict increment (a read and a write) made by
-    redis-py or psycopg2 with no session code around them. It is a
-    reference, not a bound: our own client path is leaner than redis-py's.
+    round trips of a strict increment (a read and a write) with no session
+    code around them, made by redis-py (or psycopg2) and, for Redis, by our
+    store's request path and by a bare socket. They are references, not
+    bounds: they show how much of the cost is the round trips themselves
+    and how much the client's Python.
 
-    For a plain WSGI subject it is measured in the same run: the bare app
-    making two plain client calls per request and nothing else. Inside Flask
-    it is estimated, on a gthread worker only (whose rate is about the
-    inverse of its CPU per request): Flask alone's worker CPU plus what the
-    two calls add to the bare app's, against the peer's worker CPU."""
-    reference = rtt_subject(results, "postgresql" if "postgresql" in ours else "redis")
-    runs = (
-        load_run(results, reference, "2 round trips", server),
-        load_run(results, theirs, "increment", server),
-    )
-    if None in runs or not all(run.get("passed", True) for run in runs if run is not None):
-        return ""  # missing, or failed: a failed run's rate is not a reference
-    two, peer = (float(run["requests_per_s"]) for run in runs if run is not None)
+    For a plain WSGI subject they are measured in the same run: the bare app
+    making two calls per request and nothing else. Inside Flask they are
+    estimated, on a gthread worker only (whose rate is about the inverse of
+    its CPU per request): Flask alone's worker CPU plus what the two calls
+    add to the bare app's, against the peer's worker CPU. A run that failed
+    is left out: a failed run's rate is not a reference."""
+    store = "postgresql" if "postgresql" in ours else "redis"
+    names = [rtt_subject(results, store), *(REDIS_CLIENT_REFERENCES if store == "redis" else ())]
+    peer_run = load_run(results, theirs, "increment", server)
+    if peer_run is None or not peer_run.get("passed", True):
+        return ""
+    peer = float(peer_run["requests_per_s"])
+    references = [(name, load_run(results, name, "2 round trips", server)) for name in names]
+    usable = [(name, run) for name, run in references if run is not None and run.get("passed", True)]
+    if not usable:
+        return ""
     if not ours.startswith("flask"):
-        return (
-            f"; the bare app making 2 {reference} calls per request and nothing else: "
-            f"{two:,.0f} req/s, {two / peer:.2f}x"
-        )
-    cases = ((reference, "2 round trips"), ("bare", "plain"), ("flask", "plain"), (theirs, "increment"))
+        rates = [(name, float(run["requests_per_s"])) for name, run in usable]
+        listed = ", ".join(f"{name} {rate:,.0f} req/s ({rate / peer:.2f}x)" for name, rate in rates)
+        return f"; the bare app making 2 calls per request and nothing else: {listed}"
+    cases = (("bare", "plain"), ("flask", "plain"), (theirs, "increment"))
     cpu = [worker_cpu(results, subject, workload, server) for subject, workload in cases]
     if server != "gthread 1x4" or None in cpu:
         return ""
-    two_cpu, bare_cpu, flask_cpu, peer_cpu = t.cast("list[float]", cpu)
-    if two_cpu <= bare_cpu:
-        # The calls cost the worker nothing measurable: a busier worker can
-        # spend less CPU per request (fewer wake-ups), so there is nothing to add.
+    bare_cpu, flask_cpu, peer_cpu = t.cast("list[float]", cpu)
+    estimates = []
+    for name, _run in usable:
+        two_cpu = worker_cpu(results, name, "2 round trips", server)
+        # Calls that seem to cost the worker nothing add nothing to estimate
+        # from: a busier worker can spend less CPU per request (fewer wake-ups).
+        if two_cpu is not None and two_cpu > bare_cpu:
+            added = two_cpu - bare_cpu
+            ratio = peer_cpu / (flask_cpu + added)
+            estimates.append(f"{name} {ratio:.2f}x ({flask_cpu:,.0f} + {added:,.0f})")
+    if not estimates:
         return ""
-    estimate = flask_cpu + two_cpu - bare_cpu
     return (
-        f"; Flask alone plus 2 {reference} calls ≈ {peer_cpu / estimate:.2f}x (estimated from worker "
-        f"CPU: {flask_cpu:,.0f} + {two_cpu - bare_cpu:,.0f} µs/req against {peer_cpu:,.0f})"
+        f"; Flask alone plus 2 calls, estimated from worker CPU (µs/req, against {peer_cpu:,.0f}): "
+        + ", ".join(estimates)
     )
 
 
