@@ -37,6 +37,12 @@ class PeriodicTask:
     :param interval: seconds between runs.
     :param function: the work; exceptions are logged, never fatal.
     :param first_delay: seconds before the first run; default ``interval``.
+    :param idle_until_woken: when ``function`` returns ``True`` (nothing left
+        to do), the thread sleeps until :meth:`wake` instead of waking every
+        ``interval``: an idle process's thread then costs nothing, and does
+        not take the GIL from the threads serving requests. The run after a
+        wake still comes ``interval`` seconds later, so work queued in that
+        window is done together.
     """
 
     def __init__(
@@ -45,6 +51,7 @@ class PeriodicTask:
         interval: float,
         function: t.Callable[[], object],
         first_delay: float | None = None,
+        idle_until_woken: bool = False,
     ) -> None:
         self.name = name
         self.interval = interval
@@ -53,6 +60,8 @@ class PeriodicTask:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._idle_until_woken = idle_until_woken
+        self._woken = threading.Event()
         self.runs = 0
         self.errors = 0
         #: Whether this process has started the thread (a plain attribute: read
@@ -76,19 +85,28 @@ class PeriodicTask:
                 self._thread = thread
                 self.started = True
 
-    def run_once(self) -> None:
+    def wake(self) -> None:
+        """There is work: a thread idling until woken runs again after
+        ``interval`` seconds (cheap when it is not idle)."""
+        if not self._woken.is_set():
+            self._woken.set()
+
+    def run_once(self) -> bool:
         """Run the function now, in the caller's thread, with the same
-        error handling as the loop."""
+        error handling as the loop; whether it returned ``True``."""
         try:
-            self._function()
+            finished = self._function() is True
         except Exception:
+            finished = False
             self.errors += 1
             log.exception("%s: background task failed; it will run again", self.name)
         self.runs += 1
+        return finished
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop and wait up to ``timeout`` seconds for it."""
         self._stop.set()
+        self._woken.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -96,10 +114,13 @@ class PeriodicTask:
     def _loop(self) -> None:
         delay = self.first_delay
         while not self._stop.wait(delay):
-            self.run_once()
+            self._woken.clear()  # before the run: a wake during it is not lost
+            if self.run_once() and self._idle_until_woken:
+                self._woken.wait()
             delay = self.interval
 
     def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._woken = threading.Event()
         self._thread = None
         self.started = False

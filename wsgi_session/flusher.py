@@ -13,6 +13,7 @@ Two ways in:
   ``interval`` seconds; a session's queued diffs are folded into one where
   they can be (:func:`~wsgi_session.record.coalesce`), so a session that
   takes a hundred requests between two flushes costs the store one write.
+  With nothing queued, the flush thread sleeps until something is.
 
 When the store fails, nothing is dropped: the diffs stay pending (in order,
 per session) and the flush thread retries with exponential backoff. A session
@@ -107,7 +108,7 @@ class Flusher:
         self._backoff = 0.0
         self._next_try = 0.0
         self.stats = FlushStats()
-        self._task = PeriodicTask("wsgi-session-flush", interval, self.flush_pending)
+        self._task = PeriodicTask("wsgi-session-flush", interval, self.flush_pending, idle_until_woken=True)
 
     # -- strict writes ---------------------------------------------------------
 
@@ -254,6 +255,7 @@ class Flusher:
                 self._unsaved[diff.id] = self._unsaved.get(diff.id, 0) + 1
         self._pending_count += len(diffs)
         self.stats.pending = self._pending_count
+        self._task.wake()
 
     def _saved(self, diffs: t.Sequence[SessionDiff]) -> None:
         """``diffs`` are in the store now (caller holds the lock)."""
