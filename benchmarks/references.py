@@ -24,13 +24,12 @@ from __future__ import annotations
 import socket
 import threading
 import typing as t
-import urllib.parse
 
 from .apps import PLAIN_HEADERS
 from .cleanup import delete_redis_keys
 from .counting import Counters, counting_redis
 from .settings import REDIS_URL, Namespace
-from .subjects import Subject, Target
+from .subjects import Subject, Target, Unavailable
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -53,22 +52,38 @@ def _calling(call: t.Callable[[], object]) -> WSGIApplication:
     return app
 
 
-def _rtt_key(namespace: Namespace) -> str:
-    return namespace.redis_prefix("rtt") + "key"
+#: What every Redis reference stores and reads back.
+_VALUE = b"x" * 16
+
+
+def _rtt_key(namespace: Namespace, slug: str) -> str:
+    """The key one Redis reference reads (its own: closing one reference
+    must not take another's away). No expiry: the run's sweep removes it."""
+    return namespace.redis_prefix("rtt") + slug
+
+
+def _expect(reply: object, what: str) -> None:
+    """Raise unless ``reply`` is the stored value: a reference that reads
+    nothing, or an error, would time the wrong thing."""
+    if reply != _VALUE:
+        raise RuntimeError(f"{what}: unexpected reply {reply!r:.60}")
 
 
 def _redis_get(namespace: Namespace) -> Target:
     """redis-py ``GET`` (on the same kind of client as the other subjects)."""
     counters = Counters()
     client = counting_redis(REDIS_URL, counters.redis)
-    key = _rtt_key(namespace)
-    client.set(key, b"x" * 16, ex=3600)
+    key = _rtt_key(namespace, "rtt-redis")
+    client.set(key, _VALUE)
+
+    def get() -> None:
+        _expect(client.get(key), "redis-py GET")
 
     def close() -> None:
         client.delete(key)
         client.close()
 
-    return Target(_calling(lambda: client.get(key)), close=close, counters=counters)
+    return Target(_calling(get), close=close, counters=counters)
 
 
 def _lean_get(namespace: Namespace) -> Target:
@@ -79,54 +94,84 @@ def _lean_get(namespace: Namespace) -> Target:
     client = counting_redis(REDIS_URL, counters.redis)
     lean = LeanPath.for_client(client)
     assert lean is not None  # a plain client on redis-py's pool
-    key = _rtt_key(namespace)
-    client.set(key, b"x" * 16, ex=3600)
+    key = _rtt_key(namespace, "rtt-lean")
+    client.set(key, _VALUE)
     command = [[b"GET", key.encode()]]
+
+    def get() -> None:
+        _expect(lean.call(command)[0], "wsgi_session client GET")
 
     def close() -> None:
         lean.close()
         client.delete(key)
         client.close()
 
-    return Target(_calling(lambda: lean.call(command)), close=close, counters=counters)
+    return Target(_calling(get), close=close, counters=counters)
+
+
+def _command(*words: bytes) -> bytes:
+    """One command in RESP."""
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(word), word) for word in words)
 
 
 def _socket_get(namespace: Namespace) -> Target:
     """``GET`` on a blocking socket per thread: the request bytes written,
-    the reply read, nothing parsed. The key's value fits one read."""
-    url = urllib.parse.urlsplit(REDIS_URL)
-    address = (url.hostname or "127.0.0.1", url.port or 6379)
-    database = (url.path or "/0").strip("/") or "0"
-    key = _rtt_key(namespace).encode()
-    request = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
+    the reply read and compared, nothing parsed. The server is the one of
+    ``REDIS_URL`` as redis-py reads it (host, port, database, password);
+    a unix socket or TLS is not supported here.
+
+    :raises Unavailable: ``REDIS_URL`` is not plain TCP.
+    """
+    import redis
+
+    settings = redis.ConnectionPool.from_url(REDIS_URL)
+    if settings.connection_class is not redis.Connection:
+        raise Unavailable(f"socket GET needs a plain TCP Redis URL, not {REDIS_URL}")
+    options = settings.connection_kwargs
+    address = (options.get("host", "localhost"), int(options.get("port", 6379)))
+    handshake = [_command(b"SELECT", str(options.get("db", 0)).encode())]
+    if options.get("password"):
+        user = [options["username"].encode()] if options.get("username") else []
+        handshake.insert(0, _command(b"AUTH", *user, options["password"].encode()))
+    key = _rtt_key(namespace, "rtt-socket")
+    request = _command(b"GET", key.encode())
+    expected = b"$%d\r\n%s\r\n" % (len(_VALUE), _VALUE)
     counters = Counters()
     per_thread = threading.local()
     opened: list[socket.socket] = []
     opened_lock = threading.Lock()
     setup = counting_redis(REDIS_URL, Counters().redis)
-    setup.set(key, b"x" * 16, ex=3600)
+    setup.set(key, _VALUE)
+
+    def read(sock: socket.socket, size: int) -> bytes:
+        reply = b""
+        while len(reply) < size:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("Redis closed the connection")
+            reply += chunk
+        return reply
 
     def connect() -> socket.socket:
         sock = socket.create_connection(address)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        select = b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%s\r\n" % (len(database), database.encode())
-        sock.sendall(select)
-        if sock.recv(64) != b"+OK\r\n":
-            raise RuntimeError(f"SELECT {database} failed")
         with opened_lock:
             opened.append(sock)
+        for command in handshake:
+            sock.sendall(command)
+            if read(sock, 5) != b"+OK\r\n":
+                raise RuntimeError(f"Redis refused {command[:30]!r}")
         return sock
 
-    def get() -> bytes:
+    def get() -> None:
         sock: socket.socket | None = getattr(per_thread, "sock", None)
         if sock is None:
             sock = per_thread.sock = connect()
         sock.sendall(request)
-        reply = sock.recv(65536)
+        reply = read(sock, len(expected))
         counters.redis.add()
-        if not reply.startswith(b"$16\r\n"):
-            raise RuntimeError(f"unexpected reply {reply[:40]!r}")
-        return reply
+        if reply != expected:
+            raise RuntimeError(f"socket GET: unexpected reply {reply[:40]!r}")
 
     def close() -> None:
         with opened_lock:
@@ -176,6 +221,7 @@ def _postgres_select(namespace: Namespace) -> Target:
 
 
 def _forget_rtt_keys(namespace: Namespace) -> None:
+    """Delete every Redis reference's key under ``namespace``."""
     delete_redis_keys(namespace.redis_prefix("rtt") + "*")
 
 
@@ -183,6 +229,7 @@ def round_trip_references() -> list[Subject]:
     """The references, units first, all also run under gunicorn."""
 
     def redis(name: str, slug: str, build: t.Callable[[Namespace], Target], unit: bool) -> Subject:
+        """A Redis reference: its keys are cleaned up by prefix."""
         return Subject(
             name, slug, build, role="rtt", store="redis", unit=unit, gunicorn=True, cleanup=_forget_rtt_keys
         )

@@ -119,9 +119,17 @@ def worker_cpu(results: Results, subject: str, workload: str, server: str) -> fl
     return None if worker is None else float(worker["cpu_us"])
 
 
-#: Under gunicorn, the Redis references that are not units: the same
-#: ``GET`` through our store's request path, and on a bare socket.
-REDIS_CLIENT_REFERENCES = ("wsgi_session client GET", "socket GET")
+def other_references(results: Results, store: str) -> list[str]:
+    """The references of ``store`` that are not its unit (for Redis: the same
+    ``GET`` through our store's request path and on a bare socket), as the
+    run recorded them."""
+    return [
+        str(measurement["subject"])
+        for measurement in results.get("inprocess", [])
+        if measurement.get("role") == "rtt"
+        and measurement.get("store") == store
+        and not measurement.get("unit", True)
+    ]
 
 
 def two_round_trip_reference(results: Results, ours: str, theirs: str, server: str) -> str:
@@ -139,7 +147,7 @@ def two_round_trip_reference(results: Results, ours: str, theirs: str, server: s
     add to the bare app's, against the peer's worker CPU. A run that failed
     is left out: a failed run's rate is not a reference."""
     store = "postgresql" if "postgresql" in ours else "redis"
-    names = [rtt_subject(results, store), *(REDIS_CLIENT_REFERENCES if store == "redis" else ())]
+    names = [rtt_subject(results, store), *other_references(results, store)]
     peer_run = load_run(results, theirs, "increment", server)
     if peer_run is None or not peer_run.get("passed", True):
         return ""

@@ -158,6 +158,11 @@ def _run(
 
 
 _REDIS_VS_BEAKER = "gthread 1x4: Redis increment vs Beaker Redis"
+#: The references as the in-process part records them: which is the unit.
+_REFERENCES = [
+    {"subject": "redis-py GET", "workload": "round trip", "role": "rtt", "store": "redis", "unit": True},
+    {"subject": "socket GET", "workload": "round trip", "role": "rtt", "store": "redis", "unit": False},
+]
 
 
 def test_a_gunicorn_target_quotes_both_workers_cpu_per_request():
@@ -187,7 +192,7 @@ def test_a_strict_increment_is_compared_with_two_bare_round_trips():
         _run("flask + wsgi_session[redis]", 1029, 997.0),
         _run("flask-session[redis]", 700, 1500.0),
     ]
-    checks = {c.target: c for c in _gunicorn({"gunicorn": runs})}
+    checks = {c.target: c for c in _gunicorn({"gunicorn": runs, "inprocess": _REFERENCES})}
     # Measured: the bare app making the two round trips and nothing else,
     # with each client that ran (our store's path did not, here).
     assert checks[_REDIS_VS_BEAKER].measured == (
@@ -205,16 +210,19 @@ def test_a_strict_increment_is_compared_with_two_bare_round_trips():
     # Calls that seem to cost the worker less than nothing estimate nothing.
     cheap = {"worker": {"cpu_us": 300.0}}
     cheaper = [{**r, "usage": cheap} if r["role"] == "rtt" else r for r in runs]
-    checks = {c.target: c for c in _gunicorn({"gunicorn": cheaper})}
+    checks = {c.target: c for c in _gunicorn({"gunicorn": cheaper, "inprocess": _REFERENCES})}
     assert "estimated" not in checks[flask_target].measured
     # A reference run that failed (wrk counted errors) is no reference either.
     failed = [{**r, "passed": False} if r["role"] == "rtt" else r for r in runs]
-    checks = {c.target: c for c in _gunicorn({"gunicorn": failed})}
+    checks = {c.target: c for c in _gunicorn({"gunicorn": failed, "inprocess": _REFERENCES})}
     assert checks[_REDIS_VS_BEAKER].measured == "1.56x (1,330 vs 850 req/s); worker CPU 784 vs 1,300 µs/req"
     assert "GET" not in checks[flask_target].measured
+    # Results that never recorded the other references quote the unit alone.
+    checks = {c.target: c for c in _gunicorn({"gunicorn": runs})}
+    assert checks[_REDIS_VS_BEAKER].measured.endswith("nothing else: redis-py GET 1,274 req/s (1.50x)")
     # Without the reference runs (older results) the note is left out.
     runs = [r for r in runs if r["role"] != "rtt"]
-    checks = {c.target: c for c in _gunicorn({"gunicorn": runs})}
+    checks = {c.target: c for c in _gunicorn({"gunicorn": runs, "inprocess": _REFERENCES})}
     assert checks[_REDIS_VS_BEAKER].measured == "1.56x (1,330 vs 850 req/s); worker CPU 784 vs 1,300 µs/req"
 
 

@@ -115,6 +115,8 @@ class PeriodicTask:
         delay = self.first_delay
         while not self._stop.wait(delay):
             self._woken.clear()  # before the run: a wake during it is not lost
+            if self._stop.is_set():  # stop() came between the wait and the clear
+                break
             if self.run_once() and self._idle_until_woken:
                 self._woken.wait()
             delay = self.interval

@@ -8,12 +8,11 @@ Two ways in:
   waiting is written in one :meth:`~wsgi_session.stores.base.Store.apply` call
   (one Redis pipeline, one SQL transaction). A lone request pays no thread
   hand-off; a busy process pays one round trip per *batch*, not per request.
-* :meth:`Flusher.enqueue` — *background* writes and expiry touches. The diffs
-  join the pending queue and the flush thread writes them within
-  ``interval`` seconds; a session's queued diffs are folded into one where
-  they can be (:func:`~wsgi_session.record.coalesce`), so a session that
+* :meth:`Flusher.enqueue` — *background* writes and expiry touches. They join
+  the pending queue, which the flush thread (asleep while it is empty) writes
+  ``interval`` seconds later; a session's queued diffs are folded into one
+  where they can be (:func:`~wsgi_session.record.coalesce`): a session that
   takes a hundred requests between two flushes costs the store one write.
-  With nothing queued, the flush thread sleeps until something is.
 
 When the store fails, nothing is dropped: the diffs stay pending (in order,
 per session) and the flush thread retries with exponential backoff. A session
@@ -59,8 +58,7 @@ class FlushStats:
     failures: int = 0
     pending: int = 0
     lost: int = 0
-    #: Queued diffs folded into an earlier one of their session (one write
-    #: instead of several, :func:`~wsgi_session.record.coalesce`).
+    #: Queued diffs folded into an earlier one of their session (:func:`~wsgi_session.record.coalesce`).
     coalesced: int = 0
 
 

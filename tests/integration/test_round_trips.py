@@ -228,7 +228,13 @@ def _redis_commands_processed() -> int:
         client.close()
 
 
-@pytest.mark.parametrize("slug", ["rtt-redis", "rtt-lean", "rtt-socket", "rtt-postgresql"])
+@pytest.mark.parametrize(
+    "slug",
+    [
+        *(pytest.param(slug, marks=pytest.mark.redis) for slug in ("rtt-redis", "rtt-lean", "rtt-socket")),
+        pytest.param("rtt-postgresql", marks=pytest.mark.postgres),
+    ],
+)
 def test_the_round_trip_references_serve_concurrent_threads(slug: str) -> None:
     """A gthread worker calls a reference from 4 threads at once: every
     call must succeed (a psycopg2 connection shared between threads did
