@@ -34,6 +34,8 @@ from .subjects import Subject, Target, Unavailable
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+T = t.TypeVar("T")
+
 
 def _round_trips(environ: WSGIEnvironment) -> range:
     """One round trip per request; two for ``/rtt2``."""
@@ -50,6 +52,34 @@ def _calling(call: t.Callable[[], object]) -> WSGIApplication:
         return [b"ok"]
 
     return app
+
+
+class _PerThread(t.Generic[T]):
+    """One connection per thread, opened on the thread's first call and all
+    closed together (a gthread worker's threads must not share one)."""
+
+    def __init__(self, open_one: t.Callable[[], T], close_one: t.Callable[[T], object]) -> None:
+        self._open_one = open_one
+        self._close_one = close_one
+        self._local = threading.local()
+        self._opened: list[T] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        """This thread's connection."""
+        connection: T | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self._open_one()
+            with self._lock:
+                self._opened.append(connection)
+        return connection
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            for connection in self._opened:
+                self._close_one(connection)
+            self._opened.clear()
 
 
 #: What every Redis reference stores and reads back.
@@ -137,13 +167,11 @@ def _socket_get(namespace: Namespace) -> Target:
     request = _command(b"GET", key.encode())
     expected = b"$%d\r\n%s\r\n" % (len(_VALUE), _VALUE)
     counters = Counters()
-    per_thread = threading.local()
-    opened: list[socket.socket] = []
-    opened_lock = threading.Lock()
     setup = counting_redis(REDIS_URL, Counters().redis)
     setup.set(key, _VALUE)
 
     def read(sock: socket.socket, size: int) -> bytes:
+        """At least ``size`` bytes (one reply: nothing else is in flight)."""
         reply = b""
         while len(reply) < size:
             chunk = sock.recv(65536)
@@ -153,20 +181,20 @@ def _socket_get(namespace: Namespace) -> Target:
         return reply
 
     def connect() -> socket.socket:
+        """A socket logged in and on the URL's database."""
         sock = socket.create_connection(address)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with opened_lock:
-            opened.append(sock)
         for command in handshake:
             sock.sendall(command)
             if read(sock, 5) != b"+OK\r\n":
+                sock.close()
                 raise RuntimeError(f"Redis refused {command[:30]!r}")
         return sock
 
+    sockets = _PerThread(connect, socket.socket.close)
+
     def get() -> None:
-        sock: socket.socket | None = getattr(per_thread, "sock", None)
-        if sock is None:
-            sock = per_thread.sock = connect()
+        sock = sockets.get()
         sock.sendall(request)
         reply = read(sock, len(expected))
         counters.redis.add()
@@ -174,10 +202,7 @@ def _socket_get(namespace: Namespace) -> Target:
             raise RuntimeError(f"socket GET: unexpected reply {reply[:40]!r}")
 
     def close() -> None:
-        with opened_lock:
-            for sock in opened:
-                sock.close()
-            opened.clear()
+        sockets.close()
         setup.delete(key)
         setup.close()
 
@@ -191,30 +216,26 @@ def _postgres_select(namespace: Namespace) -> Target:
     import sqlalchemy as sa
 
     engine = sa.create_engine(namespace.postgres_url, poolclass=sa.pool.NullPool)
-    per_thread = threading.local()
-    opened: list[t.Any] = []
-    opened_lock = threading.Lock()
     counters = Counters()
 
+    def connect() -> tuple[t.Any, t.Any]:
+        """A connection of the engine in autocommit, and its cursor."""
+        raw = engine.raw_connection()
+        dbapi = raw.dbapi_connection
+        assert dbapi is not None
+        dbapi.autocommit = True
+        return raw, dbapi.cursor()
+
+    connections = _PerThread(connect, lambda opened: opened[0].close())
+
     def select() -> None:
-        cursor = getattr(per_thread, "cursor", None)
-        if cursor is None:
-            raw = engine.raw_connection()
-            dbapi = raw.dbapi_connection
-            assert dbapi is not None
-            dbapi.autocommit = True
-            cursor = per_thread.cursor = dbapi.cursor()
-            with opened_lock:
-                opened.append(raw)
+        cursor = connections.get()[1]
         cursor.execute("SELECT 1")
         cursor.fetchone()
         counters.sql_statements.add()
 
     def close() -> None:
-        with opened_lock:
-            for raw in opened:
-                raw.close()
-            opened.clear()
+        connections.close()
         engine.dispose()
 
     return Target(_calling(select), close=close, counters=counters)

@@ -95,17 +95,23 @@ def _not_comparable(
 RTT_SUBJECTS = {"redis": "redis-py GET", "postgresql": "psycopg2 SELECT 1"}
 
 
+def _references(results: Results, store: str, unit: bool) -> list[str]:
+    """The names of ``store``'s round-trip references the run recorded: its
+    unit (``unit=True``; results saved before the flag count as units) or
+    the others."""
+    return [
+        str(measurement["subject"])
+        for measurement in results.get("inprocess", [])
+        if measurement.get("role") == "rtt"
+        and measurement.get("store") == store
+        and measurement.get("unit", True) is unit
+    ]
+
+
 def rtt_subject(results: Results, store: str) -> str:
-    """The name of ``store``'s round-trip reference in ``results``: found by
-    its role, so results saved under an earlier name still render."""
-    for measurement in results.get("inprocess", []):
-        if (
-            measurement.get("role") == "rtt"
-            and measurement.get("store") == store
-            and measurement.get("unit", True)
-        ):
-            return str(measurement["subject"])
-    return RTT_SUBJECTS[store]
+    """The name of ``store``'s round-trip unit in ``results``: found by its
+    role, so results saved under an earlier name still render."""
+    return next(iter(_references(results, store, unit=True)), RTT_SUBJECTS[store])
 
 
 def rtt(results: Results, store: str) -> float | None:
@@ -117,19 +123,6 @@ def worker_cpu(results: Results, subject: str, workload: str, server: str) -> fl
     """The gunicorn worker's CPU µs per request in one run, where metered."""
     worker = ((load_run(results, subject, workload, server) or {}).get("usage") or {}).get("worker")
     return None if worker is None else float(worker["cpu_us"])
-
-
-def other_references(results: Results, store: str) -> list[str]:
-    """The references of ``store`` that are not its unit (for Redis: the same
-    ``GET`` through our store's request path and on a bare socket), as the
-    run recorded them."""
-    return [
-        str(measurement["subject"])
-        for measurement in results.get("inprocess", [])
-        if measurement.get("role") == "rtt"
-        and measurement.get("store") == store
-        and not measurement.get("unit", True)
-    ]
 
 
 def two_round_trip_reference(results: Results, ours: str, theirs: str, server: str) -> str:
@@ -147,7 +140,7 @@ def two_round_trip_reference(results: Results, ours: str, theirs: str, server: s
     add to the bare app's, against the peer's worker CPU. A run that failed
     is left out: a failed run's rate is not a reference."""
     store = "postgresql" if "postgresql" in ours else "redis"
-    names = [rtt_subject(results, store), *other_references(results, store)]
+    names = [rtt_subject(results, store), *_references(results, store, unit=False)]
     peer_run = load_run(results, theirs, "increment", server)
     if peer_run is None or not peer_run.get("passed", True):
         return ""
