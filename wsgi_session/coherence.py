@@ -5,10 +5,13 @@ can be changed by another. :class:`CachedStore` wraps a persistent store with
 a lock-sharded cache and never trusts a cached copy blindly:
 
 * **Validation** (the default): a cached record is used only after asking the
-  store for the session's *version* — one small round trip (an ``HGET`` on
-  Redis, a one-column ``SELECT`` on SQL). If it matches, the cached record
-  (already decrypted, decoded values memoised) is used; if not, the record is
-  loaded again. So a read-only request costs one round trip, a write two (the
+  store whether the session's *version* is still the cached one
+  (:meth:`~wsgi_session.stores.base.Store.load_if_changed`). If it is, the
+  cached record (already decrypted, decoded values memoised) is used; if
+  not, the store's record replaces it. On Redis that is one round trip
+  either way (a script that answers the record only when the version
+  differs); on SQL a one-column ``SELECT``, and a second for the record when
+  stale. So a read-only request costs one round trip, a write two (the
   check and the write), and every request sees every change committed before
   it began, on any worker or host.
 * **Own writes**: a session with writes still pending in this process (the
@@ -34,7 +37,7 @@ from .cache import ShardedCache
 from .flusher import Flusher
 from .invalidation import InvalidationListener
 from .record import SessionRecord, apply_diff
-from .stores.base import Store
+from .stores.base import UNCHANGED, Store, Unchanged
 
 if t.TYPE_CHECKING:
     from .config import SessionConfig
@@ -83,19 +86,20 @@ class CachedStore(Store):
     def load(self, session_id: str) -> SessionRecord | None:
         entry = self.cache.get(session_id)
         listener = self.listener
-        if entry is not None:
+        started = listener.epoch if listener is not None else 0
+        if entry is None:
+            record = self.inner.load(session_id)
+        else:
             if entry.local or self.flusher.holds_unsaved(session_id):
                 return entry.record  # our own writes, not in the store yet
             if listener is not None and listener.healthy:
                 return entry.record  # kept coherent by invalidation messages
-            version = self.inner.version(session_id)
-            if version == entry.record.version:
+            # One round trip whether the copy is current or stale (another
+            # process wrote since): the store sends the record only if stale.
+            found = self.inner.load_if_changed(session_id, entry.record.version)
+            if found is UNCHANGED:
                 return entry.record
-            if version is None:
-                self.cache.pop(session_id)
-                return None
-        started = listener.epoch if listener is not None else 0
-        record = self.inner.load(session_id)
+            record = found
         if record is None:
             self.cache.pop(session_id)
             return None
@@ -122,6 +126,9 @@ class CachedStore(Store):
 
     def version(self, session_id: str) -> int | None:
         return self.inner.version(session_id)
+
+    def load_if_changed(self, session_id: str, version: int) -> SessionRecord | Unchanged | None:
+        return self.inner.load_if_changed(session_id, version)
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
         results: list[SessionRecord | None] = [None] * len(diffs)

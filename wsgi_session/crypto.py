@@ -36,7 +36,7 @@ from .config import MIN_SECRET_BYTES
 from .exceptions import BadStoredData, PartlyApplied
 from .record import MOVED_KEY, SessionRecord
 from .stores._codec import each_or_partly
-from .stores.base import Store
+from .stores.base import UNCHANGED, Store, Unchanged
 
 if t.TYPE_CHECKING:
     import threading
@@ -149,6 +149,10 @@ class SealedStore(Store):
 
     def version(self, session_id: str) -> int | None:
         return self.inner.version(session_id)
+
+    def load_if_changed(self, session_id: str, version: int) -> SessionRecord | Unchanged | None:
+        found = self.inner.load_if_changed(session_id, version)
+        return found if found is UNCHANGED else self._open(found)
 
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:
         refused: frozenset[int] = frozenset()

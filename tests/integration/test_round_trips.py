@@ -184,6 +184,43 @@ def test_redis_read_is_one_round_trip_and_increment_two() -> None:
 
 
 @pytest.mark.redis
+def test_redis_a_copy_another_worker_made_stale_costs_no_extra_round_trip() -> None:
+    """Two workers (two middlewares on one Redis) serve one visitor in
+    turn, so each request finds its worker's cached copy stale. Once a
+    worker has seen that happen often, its check answers the newer record in
+    the same round trip (an ``HGET``, then an ``HGETALL``, made an increment
+    three round trips, not two)."""
+    require("Redis", port_open(6379, "127.0.0.1"), REDIS_URL)
+    sends = Counter()
+    client = counting_redis(REDIS_URL, sends)
+    prefix = f"rt-{uuid.uuid4().hex[:8]}:"
+    config = SessionConfig(secret_keys=[SECRET])
+    first = SessionMiddleware(counter_app, config, RedisStore(client, prefix=prefix))
+    second = SessionMiddleware(counter_app, config, RedisStore(client, prefix=prefix))
+    try:
+        visitor = Client(first)
+        visitor.get("/inc")
+        for turn in range(12):  # each worker learns that its copies are often stale
+            visitor.app = (second, first)[turn % 2]
+            visitor.get("/inc")
+        counts: dict[str, list[float]] = {"increment": [], "read": []}
+        for path, requests in (("/inc", 6), ("/read", 6)):
+            for turn in range(requests):
+                visitor.app = (first, second)[turn % 2]
+                counts["increment" if path == "/inc" else "read"].append(
+                    per_request(lambda: sends.value, visitor, path, 1)
+                )
+        assert counts == {"increment": [2] * 6, "read": [1] * 6}
+        assert visitor.get("/read").startswith(b"n=19;")  # every increment was kept, on either worker
+    finally:
+        first.close()
+        second.close()
+        for key in client.scan_iter(prefix + "*"):
+            client.delete(key)
+        client.close()
+
+
+@pytest.mark.redis
 @pytest.mark.postgres
 def test_the_round_trip_references_make_one_and_two() -> None:
     """The benchmarks' RTT references (``/rtt`` one call, ``/rtt2`` two),

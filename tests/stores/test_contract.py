@@ -12,6 +12,7 @@ import pytest
 
 from wsgi_session.exceptions import BadStoredData
 from wsgi_session.record import MOVED_KEY, SessionRecord, apply_diff, forwarding_stub
+from wsgi_session.stores.base import UNCHANGED
 
 if t.TYPE_CHECKING:
     from wsgi_session.stores.base import Store
@@ -133,6 +134,24 @@ def test_version_increments_on_every_write(store: Store, make_diff: MakeDiff) ->
     record = store.load("s1")
     assert record is not None
     assert record.version == 5 == store.version("s1")
+
+
+def test_load_if_changed_answers_unchanged_a_newer_record_or_none(store: Store, make_diff: MakeDiff) -> None:
+    """How a cached copy is validated: ``UNCHANGED`` while the stored version
+    is the copy's, the stored record once another writer moved it on, and
+    ``None`` for a session that is gone."""
+    [first] = store.apply([make_diff("s1", {"a": b"1", "big": b"x" * 20_000}, create=True)])
+    assert first is not None
+    assert store.load_if_changed("s1", first.version) is UNCHANGED
+    [second] = store.apply([make_diff("s1", {"a": b"2"})])
+    assert second is not None
+    assert second.version == first.version + 1
+    assert store.load_if_changed("s1", first.version) == second == store.load("s1")
+    assert store.load_if_changed("s1", second.version) is UNCHANGED
+    assert store.load_if_changed("s1", second.version + 1) == second  # a copy ahead is not current either
+    store.delete(["s1"])
+    assert store.load_if_changed("s1", second.version) is None
+    assert store.load_if_changed("nobody", 1) is None
 
 
 def test_batch_results_are_in_order(store: Store, make_diff: MakeDiff) -> None:
@@ -268,6 +287,8 @@ def test_unreadable_stored_data_raises_bad_stored_data(backend: Backend, make_di
     backend.raw.corrupt("s1")
     with pytest.raises(BadStoredData):
         backend.store.load("s1")
+    with pytest.raises(BadStoredData):  # a cached copy's check sees the damage too
+        backend.store.load_if_changed("s1", 0)
     with pytest.raises(BadStoredData):
         backend.store.apply([make_diff("s1", {"k": b"w"})])
 

@@ -164,6 +164,21 @@ def test_a_read_on_a_connection_killed_by_the_server_is_sent_again(
 
 
 @pytest.mark.redis
+def test_a_script_the_caller_says_only_reads_is_sent_again_on_a_killed_connection(
+    lean: LeanPath, redis_client: t.Any
+) -> None:
+    """The store's check of a cached copy is a script: ``read_only`` makes
+    it as safe to send again as ``HGET``; without it, it may have written."""
+    redis_client.hset(b"review:h", b"f", b"1")
+    script = (b"EVAL", b"return redis.call('HGET', KEYS[1], 'f')", b"1", b"review:h")
+    redis_client.client_kill_filter(_id=client_id(lean))
+    with pytest.raises(redis.ConnectionError):
+        lean.call([script])
+    redis_client.client_kill_filter(_id=client_id(lean))
+    assert lean.call([script], read_only=True) == [b"1"]
+
+
+@pytest.mark.redis
 def test_a_write_is_never_sent_twice_but_an_idle_closed_connection_is_replaced_first(
     lean: LeanPath, redis_client: t.Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -118,6 +118,17 @@ MERGE_SCRIPT = MERGE_SCRIPT.format(
 )
 
 
+# The validation of a cached copy, one round trip whether it is current or
+# not. ARGV[1] is the copy's version as stored (a decimal integer). Answers 1
+# when the stored version is the same, else the whole hash (``HGETALL``:
+# empty when the key is gone, and a hash without its version field is
+# shipped too, for record_from_fields to refuse).
+CHECK_SCRIPT = f"""
+if redis.call('HGET', KEYS[1], {_lua(VERSION)}) == ARGV[1] then return 1 end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
 def script_args(diff: SessionDiff, announce: tuple[bytes, bytes] | None) -> list[bytes]:
     """The merge script's ``ARGV`` for ``diff`` (see the script's header);
     ``announce`` is the channel and origin to publish the change with."""

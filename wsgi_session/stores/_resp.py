@@ -241,13 +241,14 @@ class LeanPath:
             return None
         return cls(pool)
 
-    def call(self, commands: t.Sequence[t.Sequence[bytes]]) -> list[t.Any]:
+    def call(self, commands: t.Sequence[t.Sequence[bytes]], read_only: bool = False) -> list[t.Any]:
         """Send ``commands`` in one write (a pipeline when several) and return
         their replies in order, error replies as exception instances.
 
         Nothing that may have run is sent twice. Reads (``HGET``,
-        ``HGETALL``) are sent again on a new connection when the thread's
-        connection turns out to be closed; commands a server answered
+        ``HGETALL``, or any commands the caller says are ``read_only``, such
+        as a script that only reads) are sent again on a new connection when
+        the thread's connection turns out to be closed; commands a server answered
         ``READONLY`` (a failover demoted it: they did nothing) are sent again,
         alone, on a new connection, which asks Sentinel for the master.
 
@@ -259,7 +260,7 @@ class LeanPath:
         try:
             replies = self._round_trip(packed, len(commands), fresh=False)
         except _Closed as closed:
-            if not all(command[0] in _READS for command in commands):  # a write may have run
+            if not (read_only or all(command[0] in _READS for command in commands)):  # a write may have run
                 raise rex.ConnectionError("the connection to Redis closed before the reply") from closed
             return self._round_trip(packed, len(commands), fresh=True)
         for reply in replies:

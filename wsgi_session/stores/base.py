@@ -25,12 +25,24 @@ The contract, which the middleware relies on:
 from __future__ import annotations
 
 import abc
+import enum
 import typing as t
 
 if t.TYPE_CHECKING:
     import threading
 
     from ..record import SessionDiff, SessionRecord
+
+
+class Unchanged(enum.Enum):
+    """The type of :data:`UNCHANGED`."""
+
+    UNCHANGED = "unchanged"
+
+
+#: What :meth:`Store.load_if_changed` answers when the stored version is
+#: still the caller's: the caller's copy is current.
+UNCHANGED: t.Final = Unchanged.UNCHANGED
 
 
 class Store(abc.ABC):
@@ -60,6 +72,17 @@ class Store(abc.ABC):
         copy. Stores override it with something cheaper than :meth:`load`."""
         record = self.load(session_id)
         return None if record is None else record.version
+
+    def load_if_changed(self, session_id: str, version: int) -> SessionRecord | Unchanged | None:
+        """:data:`UNCHANGED` if the stored record's version is ``version``,
+        else the stored record (or ``None``): how a cached copy is validated
+        and, if stale, replaced. This default asks :meth:`version`, then
+        :meth:`load` if that differs; stores override it with one round trip,
+        so a copy another process made stale costs no more than a valid one."""
+        current = self.version(session_id)
+        if current == version:
+            return UNCHANGED
+        return None if current is None else self.load(session_id)
 
     @abc.abstractmethod
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:

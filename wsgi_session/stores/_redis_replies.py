@@ -1,0 +1,93 @@
+"""What Redis's replies and errors mean to the session store.
+
+Private to :mod:`wsgi_session.stores.redis`: which errors are outages (the
+outage policy answers them) and which mean a stored session is not one the
+store can read or merge into (:class:`~wsgi_session.exceptions.BadStoredData`),
+and the records that hashes and merge-script replies stand for.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+import redis.exceptions as rex
+
+from ..exceptions import BadStoredData, StoreUnavailable
+from ..record import apply_diff
+from ._redis_layout import BAD_RECORD, pairs, record_from_fields
+
+if t.TYPE_CHECKING:
+    from ..record import SessionDiff, SessionRecord
+
+#: "OOM command not allowed": writes, scripts included, fail until memory is
+#: freed. Looked up by name because older redis-py type stubs lack it.
+OUT_OF_MEMORY = t.cast("type[BaseException]", vars(rex)["OutOfMemoryError"])
+#: Errors that mean "Redis cannot serve now", not "this request is wrong".
+OUTAGES: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,  # also BusyLoadingError, MaxConnectionsError, Sentinel's MasterNotFoundError
+    rex.TimeoutError,
+    rex.ClusterError,  # ClusterDownError, MasterDownError
+    rex.RedisClusterException,  # SlotNotCoveredError, "cannot be connected"
+    rex.TryAgainError,
+    rex.ReadOnlyError,  # a failover in progress
+    OUT_OF_MEMORY,
+)
+
+
+class _NotOurHash:
+    """Raises a read's error reply that is not an outage (``WRONGTYPE``:
+    the key is not one of our hashes) as :class:`BadStoredData`."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: t.Any
+    ) -> t.Literal[False]:
+        if isinstance(exc, rex.ResponseError) and not is_outage(exc):
+            raise BadStoredData(f"stored session is not a hash: {exc}") from exc
+        return False
+
+
+NOT_A_HASH = _NotOurHash()
+
+
+def record_from_hash(session_id: str, fields: t.Iterable[tuple[bytes, bytes]]) -> SessionRecord | None:
+    """A session's hash fields as its record; ``None`` for no fields (no key)."""
+    fields = list(fields)
+    return record_from_fields(session_id, fields) if fields else None
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a redis-py error means Redis cannot serve now: unreachable,
+    timing out, a cluster without quorum, a failover, or out of memory."""
+    return isinstance(exc, OUTAGES)
+
+
+def reply_to_record(written: tuple[SessionDiff, t.Any]) -> SessionRecord | None:
+    """The record a merge script returned (``None`` for a dropped diff); a
+    reply that is an error is raised as what it means to the middleware.
+
+    A bare version number means the writer knows the result without the
+    hash being shipped back: the diff's span (1 for one request's diff), the
+    diff created the session (the record is the diff alone); a later one,
+    the store held exactly the writer's copy (``diff.base``, whose version is
+    at least 1), and the result is that copy with the diff merged in."""
+    diff, reply = written
+    if reply is None:
+        return None
+    if isinstance(reply, int):
+        created = reply == diff.span
+        merged = apply_diff(None if created else diff.base, diff) if created or diff.base else None
+        if merged is not None and merged.version == reply:
+            return merged
+        raise BadStoredData("the merge script's version does not follow the writer's copy")
+    if not isinstance(reply, BaseException):
+        return record_from_fields(diff.id, pairs(reply))
+    if isinstance(reply, rex.ResponseError) and not is_outage(reply):
+        message = str(reply)
+        if BAD_RECORD in message or "WRONGTYPE" in message:
+            raise BadStoredData("stored session is malformed: cannot merge into it") from reply
+    if is_outage(reply):  # for this write alone, maybe (Redis out of memory): retry it
+        raise StoreUnavailable(f"Redis is unavailable: {reply}") from reply
+    raise reply
