@@ -5,15 +5,20 @@ can be changed by another. :class:`CachedStore` wraps a persistent store with
 a lock-sharded cache and never trusts a cached copy blindly:
 
 * **Validation** (the default): a cached record is used only after asking the
-  store whether the session's *version* is still the cached one
-  (:meth:`~wsgi_session.stores.base.Store.load_if_changed`). If it is, the
-  cached record (already decrypted, decoded values memoised) is used; if
-  not, the store's record replaces it. On Redis that is one round trip
-  either way (a script that answers the record only when the version
-  differs); on SQL a one-column ``SELECT``, and a second for the record when
-  stale. So a read-only request costs one round trip, a write two (the
+  store for the session's *version* — one small round trip (an ``HGET`` on
+  Redis, a one-column ``SELECT`` on SQL). If it matches, the cached record
+  (already decrypted, decoded values memoised) is used; if not, the record is
+  loaded again. So a read-only request costs one round trip, a write two (the
   check and the write), and every request sees every change committed before
   it began, on any worker or host.
+* **Often stale**: with several workers, a session that changes is often
+  stale in the worker that gets its next request, and the load after the
+  version check is a second round trip. A cache that found more than a
+  fifth of its recent copies stale (:attr:`CachedStore.stale_share`, a
+  moving average) checks with :meth:`~wsgi_session.stores.base.Store.load_if_changed`
+  instead: one round trip either way (on Redis a script that sends the
+  record only if the version moved on; on SQL the row). Below that share
+  the version check stays, cheaper for a current copy.
 * **Own writes**: a session with writes still pending in this process (the
   store is down, or ``write_mode="background"``) is served from the cache,
   which holds those writes merged in, so the process reads its own writes.
@@ -46,6 +51,13 @@ if t.TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: Above this share of stale copies among its recent checks, a cache checks
+#: with the store's one-round-trip call (:meth:`Store.load_if_changed`).
+ONE_TRIP_ABOVE_STALE_SHARE = 0.2
+#: The stale share is a moving average over about 1 / this many checks.
+_STALE_SMOOTHING = 0.05
+
+
 class _Entry(t.NamedTuple):
     record: SessionRecord
     local: bool = False
@@ -69,6 +81,9 @@ class CachedStore(Store):
         self.flusher = Flusher(inner, config.max_pending_writes, on_written=self._written)
         self._background = config.write_mode == "background"
         self.listener: InvalidationListener | None = None
+        #: How often this cache's checks found its copy stale lately (a moving
+        #: average, updated without a lock: a lost update only nudges it).
+        self.stale_share = 0.0
         if config.coherence == "notify":
             if inner.supports_notifications:
                 self.listener = InvalidationListener(inner, self._invalidate, self._invalidate_all)
@@ -94,9 +109,7 @@ class CachedStore(Store):
                 return entry.record  # our own writes, not in the store yet
             if listener is not None and listener.healthy:
                 return entry.record  # kept coherent by invalidation messages
-            # One round trip whether the copy is current or stale (another
-            # process wrote since): the store sends the record only if stale.
-            found = self.inner.load_if_changed(session_id, entry.record.version)
+            found = self._check(session_id, entry.record.version)
             if found is UNCHANGED:
                 return entry.record
             record = found
@@ -112,6 +125,21 @@ class CachedStore(Store):
         else:
             self.cache.pop(session_id)  # a change raced this load: do not keep it
         return record
+
+    def _check(self, session_id: str, version: int) -> SessionRecord | Unchanged | None:
+        """Whether the stored session is still at ``version``: by the store's
+        one-round-trip call while copies are often stale, else by its
+        version, then a load if that moved on."""
+        if self.stale_share > ONE_TRIP_ABOVE_STALE_SHARE:
+            found = self.inner.load_if_changed(session_id, version)
+        else:
+            stored = self.inner.version(session_id)
+            if stored == version:
+                found = UNCHANGED
+            else:
+                found = None if stored is None else self.inner.load(session_id)
+        self.stale_share += _STALE_SMOOTHING * ((found is not UNCHANGED) - self.stale_share)
+        return found
 
     def _invalidate(self, session_id: str) -> None:
         """Another process changed ``session_id``: drop this process's copy,

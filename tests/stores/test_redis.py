@@ -115,8 +115,7 @@ def test_the_merge_script_is_reloaded_after_a_flush(backend: Backend, make_diff:
 def test_the_check_script_is_reloaded_after_a_flush(backend: Backend, make_diff: MakeDiff) -> None:
     """A cached copy's check survives a restarted Redis or ``SCRIPT FLUSH``:
     the lean path loads the script again, redis-py's ``Script`` (cluster) too."""
-    store = t.cast("RedisStore", backend.store)
-    store.stale_share = 1.0  # as in a worker whose copies were often stale: it checks by script
+    store = backend.store
     store.apply([make_diff("s1", {"a": b"1"}, create=True)])
     client_of(backend).script_flush()
     assert store.load_if_changed("s1", 1) is UNCHANGED
@@ -144,10 +143,8 @@ def test_malformed_hash_is_bad_stored_data(
     client_of(backend).hset(f"{t.cast('RedisStore', store).prefix}s1", mapping=damage)
     with pytest.raises(BadStoredData, match=message):
         store.load("s1")
-    for share in (0.0, 1.0):  # checked by HGET and HGETALL, or by script
-        t.cast("RedisStore", store).stale_share = share
-        with pytest.raises(BadStoredData, match=message):  # a stale copy's check reads the hash
-            store.load_if_changed("s1", 0)
+    with pytest.raises(BadStoredData, match=message):  # a stale copy's check reads the hash
+        store.load_if_changed("s1", 0)
 
 
 @redis_kinds
@@ -162,14 +159,9 @@ def test_merging_into_a_malformed_hash_is_bad_stored_data(backend: Backend, make
         store.version("s1")
     client.set(f"{prefix}s2", b"a plain string")
 
-    def check_by_script() -> t.Any:
-        t.cast("RedisStore", store).stale_share = 1.0
-        return store.load_if_changed("s2", 1)
-
     calls = (
         lambda: store.load("s2"),
         lambda: store.load_if_changed("s2", 1),
-        check_by_script,
         lambda: store.apply([make_diff("s2", {"k": b"v"})]),
     )
     for call in calls:
@@ -215,10 +207,6 @@ def test_one_round_trip_per_call(
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
 
-    def script_check(version: int) -> t.Any:
-        t.cast("RedisStore", store).stale_share = 1.0  # as when copies were often stale
-        return store.load_if_changed("s1", version)
-
     counts = {}
     for name, call in {
         "apply 10 diffs": lambda: store.apply([make_diff(f"s{n}", {"k": b"w"}) for n in range(10)]),
@@ -227,45 +215,13 @@ def test_one_round_trip_per_call(
         "version": lambda: store.version("s1"),
         "exists": lambda: store.exists("s1"),
         "check a current copy": lambda: store.load_if_changed("s1", 3),  # created, then 2 writes
-        "check a stale copy by script": lambda: script_check(1),
+        "check a stale copy": lambda: store.load_if_changed("s1", 1),
         "delete 10": lambda: store.delete([f"s{n}" for n in range(10)]),
     }.items():
         sent.clear()
         call()
         counts[name] = len(sent)
     assert counts == dict.fromkeys(counts, 1)
-    t.cast("RedisStore", store).stale_share = 0.0
-    store.apply([make_diff("s1", {"k": b"y"}, create=True)])
-    sent.clear()
-    store.load_if_changed("s1", 0)
-    assert [b"".join(command).split(b"\r\n")[2] for command in sent] == [
-        b"HGET",
-        b"HGETALL",
-    ]  # seldom stale: two
-
-
-@pytest.mark.redis
-@pytest.mark.parametrize("backend", ["redis"], indirect=True)
-def test_checks_take_the_script_while_copies_are_often_stale(backend: Backend, make_diff: MakeDiff) -> None:
-    """The share of stale checks is a moving average: a run of them switches
-    the store to the one-round-trip script, a run of current ones back."""
-    store = t.cast("RedisStore", backend.store)
-    client = client_of(backend)
-    store.apply([make_diff("s1", {"k": b"v"}, create=True)])
-    store.apply([make_diff("s1", {"k": b"w"})])  # version 2: a copy at 1 is stale
-
-    def scripts_run(check: t.Callable[[], t.Any]) -> int:
-        before = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
-        check()
-        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) - before)
-
-    stale = [scripts_run(lambda: store.load_if_changed("s1", 1)) for _ in range(8)]
-    assert stale == [0, 0, 0, 0, 0, 1, 1, 1]  # the 6th finds 5 of the last checks stale
-    assert store.stale_share > 0.2
-    current = [scripts_run(lambda: store.load_if_changed("s1", 2)) for _ in range(40)]
-    assert current[0] == 1
-    assert current[-1] == 0
-    assert store.stale_share <= 0.2
 
 
 @pytest.mark.redis
@@ -355,7 +311,6 @@ def test_a_cached_copy_is_checked_while_redis_is_out_of_memory(tmp_path: Path, m
         client.config_set("maxmemory", 1)
         with pytest.raises(StoreUnavailable, match="maxmemory"):
             store.apply([make_diff("s1", {"k": b"x"})])
-        store.stale_share = 1.0  # as in a worker whose copies were often stale: it checks by script
         assert store.load_if_changed("s1", 2) is UNCHANGED
         assert store.load_if_changed("s1", 1) == second
         assert first is not None

@@ -75,14 +75,14 @@ class Store(abc.ABC):
 
     def load_if_changed(self, session_id: str, version: int) -> SessionRecord | Unchanged | None:
         """:data:`UNCHANGED` if the stored record's version is ``version``,
-        else the stored record (or ``None``): how a cached copy is validated
-        and, if stale, replaced. This default asks :meth:`version`, then
-        :meth:`load` if that differs; stores override it with one round trip,
-        so a copy another process made stale costs no more than a valid one."""
-        current = self.version(session_id)
-        if current == version:
-            return UNCHANGED
-        return None if current is None else self.load(session_id)
+        else the stored record (or ``None``), in one round trip either way:
+        how a cache validates a copy that is often stale (see
+        :class:`~wsgi_session.coherence.CachedStore`). This default loads the
+        record and compares; stores override it with a call that sends the
+        record only when it changed (:class:`~wsgi_session.stores.RedisStore`:
+        a script)."""
+        record = self.load(session_id)
+        return UNCHANGED if record is not None and record.version == version else record
 
     @abc.abstractmethod
     def apply(self, diffs: t.Sequence[SessionDiff]) -> list[SessionRecord | None]:

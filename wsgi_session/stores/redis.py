@@ -60,13 +60,6 @@ if t.TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DELETE_CHUNK = 500
-#: A store whose recent checks of cached copies found them stale more often
-#: than this checks with the script, one round trip either way; below it,
-#: with ``HGET`` (on loopback about 15 µs cheaper for a current copy), then
-#: ``HGETALL`` for a stale one. The share is a moving average over about
-#: the last 1 / _SMOOTHING checks.
-_SCRIPT_ABOVE_STALE_SHARE = 0.2
-_SMOOTHING = 0.05
 _SUBSCRIBE_TIMEOUT = 5.0
 #: How often :meth:`RedisStore.listen` looks at its ``stop`` event.
 _POLL_SECONDS = 0.25
@@ -144,9 +137,6 @@ class RedisStore(Store):
         self.channel = self._prefix + b"changes"
         self._origin = b""
         self._guard = unavailable_on((rex.RedisError, rex.RedisClusterException), "Redis", is_outage)
-        #: How often checks of cached copies found them stale, lately (updated
-        #: without a lock: a lost update only nudges the average).
-        self.stale_share = 0.0
 
     def _key(self, session_id: str) -> bytes:
         return self._prefix + session_id.encode()
@@ -184,25 +174,16 @@ class RedisStore(Store):
             raise BadStoredData("stored session has an invalid version", raw) from exc
 
     def load_if_changed(self, session_id: str, version: int) -> SessionRecord | Unchanged | None:
-        """Check a cached copy. While few checks find copies stale (one
-        worker, or sessions rarely written), an ``HGET`` of the version, and
-        an ``HGETALL`` if it moved on; once more than a fifth of them do
-        (several workers taking turns with sessions that change), a script
-        that answers the hash only if the version is not ``version``: one
-        round trip either way. The script only reads, so Redis runs it even
-        when out of memory, as it runs ``HGET``."""
-        if self.stale_share <= _SCRIPT_ABOVE_STALE_SHARE:
-            found = super().load_if_changed(session_id, version)
-        else:
-            key, args = self._key(session_id), (str(version).encode(),)
-            with self._errors(), NOT_A_HASH:
-                if self.lean is None:
-                    reply = self._check_script(keys=[key], args=args)  # redis-py reloads a lost script
-                else:
-                    reply = self._check(key, *args)
-            found = UNCHANGED if isinstance(reply, int) else record_from_hash(session_id, pairs(reply))
-        self.stale_share += _SMOOTHING * ((found is not UNCHANGED) - self.stale_share)
-        return found
+        """One round trip: a script that answers the hash only if its version
+        is not ``version``. It only reads, so Redis runs it even when out of
+        memory, as it runs ``HGET``."""
+        key, args = self._key(session_id), (str(version).encode(),)
+        with self._errors(), NOT_A_HASH:
+            if self.lean is None:
+                reply = self._check_script(keys=[key], args=args)  # redis-py reloads a lost script
+            else:
+                reply = self._check(key, *args)
+        return UNCHANGED if isinstance(reply, int) else record_from_hash(session_id, pairs(reply))
 
     def _check(self, *key_and_args: bytes) -> t.Any:
         """The check script's reply on the lean path (loaded into the server
