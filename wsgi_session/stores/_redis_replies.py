@@ -4,6 +4,14 @@ Private to :mod:`wsgi_session.stores.redis`: which errors are outages (the
 outage policy answers them) and which mean a stored session is not one the
 store can read or merge into (:class:`~wsgi_session.exceptions.BadStoredData`),
 and the records that hashes and merge-script replies stand for.
+
+An error reply is about the stored session only when it says so: ``WRONGTYPE``
+(the key is not a hash) or the merge script's complaint about a malformed
+hash. Every other error reply is Redis refusing to serve, for now or until
+someone acts: ``BUSY`` (another client's script is running), ``NOPERM`` (an
+ACL), a script it lost again right after it was loaded. Nothing is wrong with
+the visitor's session then, so it is an outage, answered by the outage policy,
+and not a reason to give the visitor a new session.
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ OUTAGES: tuple[type[BaseException], ...] = (
 
 
 class _NotOurHash:
-    """Raises a read's error reply that is not an outage (``WRONGTYPE``:
-    the key is not one of our hashes) as :class:`BadStoredData`."""
+    """Raises a read's ``WRONGTYPE`` error reply (the key is not one of our
+    hashes) as :class:`BadStoredData`; other errors pass through."""
 
     def __enter__(self) -> None:
         return None
@@ -44,7 +52,7 @@ class _NotOurHash:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: t.Any
     ) -> t.Literal[False]:
-        if isinstance(exc, rex.ResponseError) and not is_outage(exc):
+        if exc is not None and blames_the_stored_session(exc):
             raise BadStoredData(f"stored session is not a hash: {exc}") from exc
         return False
 
@@ -58,10 +66,23 @@ def record_from_hash(session_id: str, fields: t.Iterable[tuple[bytes, bytes]]) -
     return record_from_fields(session_id, fields) if fields else None
 
 
+def blames_the_stored_session(exc: BaseException) -> bool:
+    """Whether an error reply is about the stored session itself: the key is
+    not a hash (``WRONGTYPE``), or the merge script found the hash malformed."""
+    if not isinstance(exc, rex.ResponseError) or isinstance(exc, OUTAGES):
+        return False
+    message = str(exc)
+    return "WRONGTYPE" in message or BAD_RECORD in message
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether a redis-py error means Redis cannot serve now: unreachable,
-    timing out, a cluster without quorum, a failover, or out of memory."""
-    return isinstance(exc, OUTAGES)
+    timing out, a cluster without quorum, a failover, out of memory, or an
+    error reply that does not blame the stored session (``BUSY``,
+    ``NOPERM``, ...: see the module's docstring)."""
+    if isinstance(exc, OUTAGES):
+        return True
+    return isinstance(exc, rex.ResponseError) and not blames_the_stored_session(exc)
 
 
 def reply_to_record(written: tuple[SessionDiff, t.Any]) -> SessionRecord | None:
@@ -84,10 +105,8 @@ def reply_to_record(written: tuple[SessionDiff, t.Any]) -> SessionRecord | None:
         raise BadStoredData("the merge script's version does not follow the writer's copy")
     if not isinstance(reply, BaseException):
         return record_from_fields(diff.id, pairs(reply))
-    if isinstance(reply, rex.ResponseError) and not is_outage(reply):
-        message = str(reply)
-        if BAD_RECORD in message or "WRONGTYPE" in message:
-            raise BadStoredData("stored session is malformed: cannot merge into it") from reply
+    if blames_the_stored_session(reply):
+        raise BadStoredData("stored session is malformed: cannot merge into it") from reply
     if is_outage(reply):  # for this write alone, maybe (Redis out of memory): retry it
         raise StoreUnavailable(f"Redis is unavailable: {reply}") from reply
     raise reply
