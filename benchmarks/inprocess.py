@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.runs < 1 or (args.requests is not None and args.requests < 1) or args.run_time <= 0:
         parser.error("--runs, --requests and --run-time must be positive")
     info = machine()
-    print(f"{info['python']} on {info['platform']}\nCPU: {info['cpu']}\n")
+    print(f"{info['python']} on {info['platform']}\nCPU: {info['cpu']}\nwsgi_session: {info['build']}\n")
     namespace = Namespace.new()
     try:
         if args.profile:

@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", help="run only session subjects whose name contains this")
     args = parser.parse_args(argv)
     info = machine()
-    print(f"{info['python']} on {info['platform']}\nCPU: {info['cpu']}\n")
+    print(f"{info['python']} on {info['platform']}\nCPU: {info['cpu']}\nwsgi_session: {info['build']}\n")
     namespace = Namespace.new()
     try:
         results, skipped = run(namespace, settings(args), args.only)

@@ -45,7 +45,7 @@ def header(results: Results) -> str:
             f"Generated {results['started']} by `{results['command']}` in {results['seconds']:.0f} s.",
             "",
             f"- **Machine:** {info['cpu']}; {info['python']}; {info['platform']}",
-            f"- **wsgi_session:** commit {info['wsgi_session']}",
+            f"- **wsgi_session:** commit {info['wsgi_session']}, {info.get('build', 'pure Python')}",
             f"- **Libraries:** {versions}",
             f"- **Services (loopback):** {results.get('services', '')}",
             f"- **Settings:** {results.get('settings', '')}",

@@ -104,7 +104,17 @@ def machine() -> dict[str, str]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
         "wsgi_session": _git_revision(),
+        "build": _build(),
     }
+
+
+def _build() -> str:
+    """Which build of wsgi_session runs: pure Python or compiled by mypyc."""
+    from wsgi_session._mypyc import COMPILED_MODULES, is_compiled
+
+    if is_compiled():
+        return f"compiled by mypyc ({len(COMPILED_MODULES)} modules of the request path; see setup.py)"
+    return "pure Python"
 
 
 def _git_revision() -> str:

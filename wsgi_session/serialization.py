@@ -40,6 +40,8 @@ import uuid
 from datetime import date, datetime, time
 from decimal import Decimal
 
+from ._mypyc import mypyc_attr
+
 _TAG = "\x00"
 
 #: Types whose values cannot change after they are read, so a read of such a
@@ -139,6 +141,7 @@ _LONG = 64
 _CONSTANTS = {True: b"true", False: b"false", None: b"null"}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TaggedJSONSerializer:
     """The default serializer: compact tagged JSON, UTF-8 encoded.
 

@@ -156,17 +156,23 @@ class Session(MutableMapping[str, t.Any]):
 
     # -- the mapping -------------------------------------------------------
 
-    def __getitem__(self, key: str) -> t.Any:
+    # Keys are typed ``object`` where a dict takes any key: a key that is not a
+    # str is absent (``KeyError``, the default), in the compiled build too,
+    # where a ``str`` annotation would make it a ``TypeError`` (see setup.py).
+
+    def __getitem__(self, key: object) -> t.Any:
         value = self.get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
-    def get(self, key: str, default: t.Any = None) -> t.Any:
+    def get(self, key: object, default: t.Any = None) -> t.Any:
         """``session[key]`` if present, else ``default`` (the mapping's ``get``,
         written out because it is the most common call a view makes)."""
         if not self._loaded:
             self._load()
+        if type(key) is not str:
+            return default
         decoded = self._decoded
         if key in decoded:
             return decoded[key]
@@ -185,7 +191,7 @@ class Session(MutableMapping[str, t.Any]):
             decoded[key] = value
         return value
 
-    def __setitem__(self, key: str, value: t.Any) -> None:
+    def __setitem__(self, key: object, value: t.Any) -> None:
         if not self._loaded:
             self._load()
         if type(key) is not str:
@@ -203,8 +209,8 @@ class Session(MutableMapping[str, t.Any]):
         if self._deleted:
             self._deleted.discard(key)
 
-    def __delitem__(self, key: str) -> None:
-        if key not in self:
+    def __delitem__(self, key: object) -> None:
+        if type(key) is not str or key not in self:
             raise KeyError(key)
         self._decoded.pop(key, None)
         self._assigned.pop(key, None)

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 
 from werkzeug.http import dump_cookie, http_date, parse_cookie
 
+from ._mypyc import mypyc_attr
+
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
@@ -52,6 +54,7 @@ class Transport(t.Protocol):
         ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class CookieTransport:
     """The token in a cookie.
 
@@ -134,6 +137,7 @@ class CookieTransport:
         )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HeaderTransport:
     """The token in a request and response header.
 

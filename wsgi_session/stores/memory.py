@@ -13,6 +13,7 @@ import logging
 import typing as t
 
 from .._logging import RateLimitedLog
+from .._mypyc import mypyc_attr
 from ..cache import ShardedCache
 from ..record import SessionRecord, apply_diff
 from .base import Store
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 _full = RateLimitedLog(log)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MemoryStore(Store):
     """Sessions in a lock-sharded dict of this process.
 
