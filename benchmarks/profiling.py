@@ -147,10 +147,10 @@ def _time_replies() -> dict[str, list[int]]:
     waits: dict[str, list[int]] = collections.defaultdict(list)
     lean_call = LeanPath.call
 
-    def call(self: t.Any, commands: t.Any) -> t.Any:
+    def call(self: t.Any, commands: t.Any, read_only: bool = False) -> t.Any:
         started = time.perf_counter_ns()
         try:
-            return lean_call(self, commands)
+            return lean_call(self, commands, read_only)
         finally:
             waits[commands[0][0].decode()].append(time.perf_counter_ns() - started)
 

@@ -7,7 +7,11 @@ then the sample count), so each test knows exactly which answer is right.
 
 from __future__ import annotations
 
-from benchmarks.profiling import owner, summarize, summarize_cpu
+import json
+
+import pytest
+
+from benchmarks.profiling import child, owner, summarize, summarize_cpu
 
 _MAIN = "thread (7001): MainThread"
 _FLUSH = "thread (7002): wsgi-session-flush"
@@ -84,3 +88,15 @@ def test_round_trip_summary_separates_waiting_from_cpu():
         "Flush thread: 40 samples (blocked: lock / condition wait 75%, CPU: wsgi_session.stores.redis 25%)"
         in text
     )
+
+
+@pytest.mark.redis
+def test_the_profiled_redis_child_times_each_round_trip(capsys: pytest.CaptureFixture[str]) -> None:
+    """The child process py-spy records: on Redis it times the store's round
+    trips by command (its wrapper of the lean path must keep the path's
+    signature: a stale one made every Redis profile fail)."""
+    child(0.2, "ws-redis", "INCREMENT")
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["requests"] > 0
+    assert set(result["waits_us"]) == {"HGET", "EVALSHA"}
+    assert all(wait > 0 for wait in result["waits_us"].values())
