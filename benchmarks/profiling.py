@@ -365,7 +365,18 @@ def run(seconds: float = 8.0) -> str:
                 "`python benchmarks/inprocess.py --profile` profiles every case with cProfile."
             )
         sections.append(f"### {measured['case']}\n\n{summary}")
+    from wsgi_session._mypyc import is_compiled
+
+    if is_compiled():
+        sections.insert(0, _COMPILED_NOTE)
     return "\n\n".join(sections)
+
+
+_COMPILED_NOTE = (
+    "*The compiled build ran:* py-spy (without `--native`) sees no frames of the compiled "
+    "modules and charges their time to their nearest Python caller, `SessionMiddleware` or "
+    "the benchmark loop; profile a pure-Python checkout to see the session's own functions."
+)
 
 
 def main(argv: list[str] | None = None) -> None:
