@@ -9,20 +9,24 @@ build environment), which takes roughly a minute::
     WSGI_SESSION_COMPILE=1 pip install .
 
 ``python -c "import wsgi_session._mypyc as m; print(m.is_compiled())"``
-says which build is installed. An editable install (``pip install -e``) is
-better left pure Python: the ``.py`` files are then what runs.
+says which build is installed. Do not set the variable for an editable
+install (``pip install -e``): the compiled modules would be built next to
+the ``.py`` files and shadow them, so edits would not run.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from setuptools import setup
 
 #: The mypy whose mypyc compiles the build (the generated C depends on it).
 MYPYC = "mypy==2.4.1"
+#: Whether this build compiles (see the module's docstring).
+COMPILING = os.environ.get("WSGI_SESSION_COMPILE") == "1"
 
 
 def compiled_modules() -> list[str]:
@@ -34,12 +38,20 @@ def compiled_modules() -> list[str]:
 
 
 def extensions() -> list[object]:
-    if os.environ.get("WSGI_SESSION_COMPILE") != "1":
+    """The compiled modules' extensions, or none for the pure-Python build.
+
+    A PEP 517 build (pip's default) first asks which requirements the build
+    needs (the ``egg_info`` pass, mypyc not installed yet: ``setup_requires``
+    names it), then builds with them installed. Anywhere else, asking for the
+    compiled build without mypyc is an error, not a silent pure build."""
+    if not COMPILING:
         return []
     try:
         from mypyc.build import mypycify
-    except ImportError:  # the pass that asks for build requirements: setup_requires brings mypy
-        return []
+    except ImportError:
+        if "egg_info" in sys.argv:
+            return []
+        raise SystemExit(f"WSGI_SESSION_COMPILE=1 needs mypyc: install {MYPYC}, or build with pip") from None
     # The build environment holds mypy, not the package's dependencies: their
     # types are unknown there (Any: plain Python calls) whatever is installed
     # elsewhere, and the checks are mypy's defaults (`mypy --strict` is CI's job).
@@ -47,8 +59,16 @@ def extensions() -> list[object]:
     return list(mypycify(options + compiled_modules(), opt_level="3"))
 
 
-compiling = os.environ.get("WSGI_SESSION_COMPILE") == "1"
+def mypyc_missing() -> bool:
+    try:
+        import mypyc  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
 setup(
-    setup_requires=[MYPYC] if compiling else [],
+    # Only an isolated build fetches the pinned mypy; one that has mypy uses it.
+    setup_requires=[MYPYC] if COMPILING and mypyc_missing() else [],
     ext_modules=extensions(),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 
 import pytest
 from core_testkit import RecordingStore, id_of, set_cookies
@@ -300,6 +301,28 @@ def test_non_str_keys_raise_type_error(scripted, key):
         assert key not in session
         with pytest.raises(KeyError):
             session[key]
+        assert session.get(key, "default") == "default"
+        with pytest.raises(KeyError):
+            del session[key]
+
+    app.run(fn)
+
+
+class _Key(StrEnum):
+    USER = "user"
+
+
+def test_str_subclass_keys_read_what_their_str_wrote(scripted):
+    """A StrEnum member finds the value its string wrote, as in a dict."""
+    app = scripted()
+    app.run(write(user="ada"))
+
+    def fn(session):
+        assert _Key.USER in session
+        assert session[_Key.USER] == "ada"
+        assert session.get(_Key.USER) == "ada"
+        del session[_Key.USER]
+        assert "user" not in session
 
     app.run(fn)
 

@@ -157,8 +157,9 @@ class Session(MutableMapping[str, t.Any]):
     # -- the mapping -------------------------------------------------------
 
     # Keys are typed ``object`` where a dict takes any key: a key that is not a
-    # str is absent (``KeyError``, the default), in the compiled build too,
-    # where a ``str`` annotation would make it a ``TypeError`` (see setup.py).
+    # str (or a str subclass, such as a StrEnum member) is absent (``KeyError``,
+    # the default), in the compiled build too, where a ``str`` annotation would
+    # make it a ``TypeError`` (see setup.py).
 
     def __getitem__(self, key: object) -> t.Any:
         value = self.get(key, _MISSING)
@@ -171,7 +172,7 @@ class Session(MutableMapping[str, t.Any]):
         written out because it is the most common call a view makes)."""
         if not self._loaded:
             self._load()
-        if type(key) is not str:
+        if not isinstance(key, str):
             return default
         decoded = self._decoded
         if key in decoded:
@@ -210,7 +211,7 @@ class Session(MutableMapping[str, t.Any]):
             self._deleted.discard(key)
 
     def __delitem__(self, key: object) -> None:
-        if type(key) is not str or key not in self:
+        if not isinstance(key, str) or key not in self:
             raise KeyError(key)
         self._decoded.pop(key, None)
         self._assigned.pop(key, None)

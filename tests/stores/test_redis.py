@@ -3,10 +3,7 @@ hashes, Cluster and Sentinel specifics, and an outage of a real server."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import threading
-import time
 import typing as t
 import uuid
 
@@ -323,87 +320,3 @@ def test_a_cached_copy_is_checked_while_redis_is_out_of_memory(tmp_path: Path, m
         client.close()
         server.stop()
 
-
-@pytest.mark.redis
-def test_error_replies_that_do_not_blame_the_session_are_outages(tmp_path: Path, make_diff: MakeDiff) -> None:
-    """``BUSY`` (another client's script runs past ``busy-reply-threshold``)
-    and ``NOPERM`` (an ACL) say nothing about the stored session: every call
-    raises :class:`StoreUnavailable` (the outage policy answers, the visitor
-    keeps the session) and not :class:`BadStoredData` (a new session), and
-    the session is all there once Redis serves again. Both are real faults
-    of a private server."""
-    server = RedisServer(tmp_path / "refusing").start()
-    client = redis.Redis(port=server.port)
-    store = RedisStore(client)
-    limited = RedisStore(redis.Redis(port=server.port, username="limited"))
-    try:
-        store.setup()
-        [stored] = store.apply([make_diff("s1", {"k": b"v"}, create=True)])
-
-        client.config_set("busy-reply-threshold", 50)
-        with _a_script_keeps_redis_busy(client, server.port):
-            for call in _every_call(store, make_diff):
-                with pytest.raises(StoreUnavailable, match="BUSY"):
-                    call()
-        assert store.load("s1") == stored
-
-        client.acl_setuser(
-            "limited",
-            enabled=True,
-            nopass=True,
-            keys=["*"],
-            commands=["+@all", "-hgetall", "-hget", "-evalsha"],
-        )
-        for call in _every_call(limited, make_diff):
-            with pytest.raises(StoreUnavailable, match=r"NOPERM|permission"):
-                call()
-        assert store.load("s1") == stored
-    finally:
-        limited.client.close()
-        client.close()
-        server.stop()
-
-
-def _every_call(store: RedisStore, make_diff: MakeDiff) -> list[t.Callable[[], object]]:
-    """The request path's calls on session ``s1``."""
-    return [
-        lambda: store.load("s1"),
-        lambda: store.version("s1"),
-        lambda: store.load_if_changed("s1", 0),
-        lambda: store.apply([make_diff("s1", {"k": b"w"})]),
-    ]
-
-
-@contextlib.contextmanager
-def _a_script_keeps_redis_busy(client: redis.Redis, port: int) -> t.Iterator[None]:
-    """Another client runs an endless Lua loop until ``SCRIPT KILL``; yields
-    once Redis answers ``BUSY``."""
-    errors: list[BaseException] = []
-
-    def loop() -> None:
-        busy = redis.Redis(port=port)
-        try:
-            busy.eval("while true do end", 0)
-        except redis.ResponseError as exc:
-            errors.append(exc)
-        finally:
-            busy.close()
-
-    script = threading.Thread(target=loop)
-    script.start()
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-            except redis.ResponseError as exc:
-                if str(exc).startswith("BUSY"):
-                    break
-                raise
-            assert time.monotonic() < deadline, "Redis never got busy"
-            time.sleep(0.01)
-        yield
-    finally:
-        client.script_kill()
-        script.join(10)
-    assert "killed" in str(errors[0]).lower()

@@ -5,13 +5,17 @@ outage policy answers them) and which mean a stored session is not one the
 store can read or merge into (:class:`~wsgi_session.exceptions.BadStoredData`),
 and the records that hashes and merge-script replies stand for.
 
-An error reply is about the stored session only when it says so: ``WRONGTYPE``
-(the key is not a hash) or the merge script's complaint about a malformed
-hash. Every other error reply is Redis refusing to serve, for now or until
-someone acts: ``BUSY`` (another client's script is running), ``NOPERM`` (an
-ACL), a script it lost again right after it was loaded. Nothing is wrong with
-the visitor's session then, so it is an outage, answered by the outage policy,
-and not a reason to give the visitor a new session.
+Error replies fall in three kinds. *About the stored session*: ``WRONGTYPE``
+(the key is not a hash) and the merge script's complaint about a malformed
+hash; the visitor gets a new session and the key is left alone. *Redis
+refusing to serve*, for now or until someone acts, with nothing wrong with
+the session or the command: besides the outages of connection and cluster,
+``BUSY`` (another client's script is running), ``NOPERM`` (an ACL),
+``MISCONF`` (writes stopped after a failed save), ``NOREPLICAS``, and a
+script lost again right after it was loaded; the outage policy answers, and
+background writes are retried. *Anything else* (``ERR ...``: a command the
+server finds malformed, a script that fails) is a bug, here or in the
+server, and is raised as redis-py's error, to be seen.
 """
 
 from __future__ import annotations
@@ -39,7 +43,11 @@ OUTAGES: tuple[type[BaseException], ...] = (
     rex.TryAgainError,
     rex.ReadOnlyError,  # a failover in progress
     OUT_OF_MEMORY,
+    rex.NoPermissionError,  # NOPERM: the client's ACL lacks a command we send
+    rex.NoScriptError,  # NOSCRIPT right after the script was loaded again
 )
+#: Error replies of refusals that redis-py has no class for (see the module's docstring).
+REFUSALS = ("BUSY ", "MISCONF ", "NOREPLICAS ")
 
 
 class _NotOurHash:
@@ -69,7 +77,7 @@ def record_from_hash(session_id: str, fields: t.Iterable[tuple[bytes, bytes]]) -
 def blames_the_stored_session(exc: BaseException) -> bool:
     """Whether an error reply is about the stored session itself: the key is
     not a hash (``WRONGTYPE``), or the merge script found the hash malformed."""
-    if not isinstance(exc, rex.ResponseError) or isinstance(exc, OUTAGES):
+    if not isinstance(exc, rex.ResponseError) or is_outage(exc):
         return False
     message = str(exc)
     return "WRONGTYPE" in message or BAD_RECORD in message
@@ -78,11 +86,11 @@ def blames_the_stored_session(exc: BaseException) -> bool:
 def is_outage(exc: BaseException) -> bool:
     """Whether a redis-py error means Redis cannot serve now: unreachable,
     timing out, a cluster without quorum, a failover, out of memory, or an
-    error reply that does not blame the stored session (``BUSY``,
-    ``NOPERM``, ...: see the module's docstring)."""
+    error reply that refuses service (``BUSY``, ``NOPERM``, ...: see the
+    module's docstring)."""
     if isinstance(exc, OUTAGES):
         return True
-    return isinstance(exc, rex.ResponseError) and not blames_the_stored_session(exc)
+    return isinstance(exc, rex.ResponseError) and str(exc).startswith(REFUSALS)
 
 
 def reply_to_record(written: tuple[SessionDiff, t.Any]) -> SessionRecord | None:
