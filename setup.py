@@ -60,6 +60,7 @@ def extensions() -> list[object]:
 
 
 def mypyc_missing() -> bool:
+    """Whether mypyc cannot be imported here (an isolated build's first pass)."""
     try:
         import mypyc  # noqa: F401
     except ImportError:

@@ -157,9 +157,9 @@ class Session(MutableMapping[str, t.Any]):
     # -- the mapping -------------------------------------------------------
 
     # Keys are typed ``object`` where a dict takes any key: a key that is not a
-    # str (or a str subclass, such as a StrEnum member) is absent (``KeyError``,
-    # the default), in the compiled build too, where a ``str`` annotation would
-    # make it a ``TypeError`` (see setup.py).
+    # str is absent (``KeyError``, the default) and a str subclass such as a
+    # StrEnum member is its string, in the compiled build too, where a ``str``
+    # annotation would make a non-str key a ``TypeError`` (see setup.py).
 
     def __getitem__(self, key: object) -> t.Any:
         value = self.get(key, _MISSING)
