@@ -20,7 +20,10 @@ time blocked on a socket is seen too. Three cases are profiled:
     No I/O at all: the samples are the CPU cost of the middleware itself,
     attributed to the wsgi_session *function* whose own lines ran (standard
     library and C calls counted for the wsgi_session function that made
-    them), the benchmark's app, or the rest.
+    them), the benchmark's app, or the rest. On the compiled build py-spy
+    also reads native frames (``--native``), and mypyc's C functions
+    (``CPyDef_<module>___<Class>___<method>``) are charged as the Python
+    functions they were compiled from.
 
 Run it from the repository root::
 
@@ -32,7 +35,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -45,6 +47,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.settings import ROOT
+from benchmarks.stacks import samples
+from wsgi_session._mypyc import is_compiled
 
 #: The profiled cases: (subject slug, workload constant of benchmarks.workloads).
 CASES = (("ws-redis", "INCREMENT"), ("ws-mem", "INCREMENT"), ("ws-mem", "NEW_VISITOR"))
@@ -55,7 +59,9 @@ IO_OPTIONS = ("--nonblocking", "--idle", "--rate", "200")
 #: For a case without I/O: the process is paused for each sample (consistent
 #: stacks), more often; its time under the profiler is longer, the shares exact.
 CPU_OPTIONS = ("--rate", "1000")
-_FRAME = re.compile(r"^(?P<func>.*) \((?P<path>.*):(?P<line>\d+)\)$")
+#: The same on the compiled build, whose functions only native stacks show;
+#: unwinding one takes milliseconds, so sampling is rarer.
+NATIVE_OPTIONS = ("--native", "--rate", "200")
 _REDIS_PY_READS = {"_read_from_socket", "read_response", "readline", "read", "_read_response"}
 _LIBRARIES = (
     ("wsgi_session/", None),
@@ -158,25 +164,6 @@ def _time_replies() -> dict[str, list[int]]:
     return waits
 
 
-def _samples(raw: str) -> t.Iterator[tuple[str, list[tuple[str, str]], int]]:
-    """Each stack of a py-spy raw recording: thread, frames, sample count."""
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if count_text.isdigit():
-            yield (*_frames(stack), int(count_text))
-
-
-def _frames(stack: str) -> tuple[str, list[tuple[str, str]]]:
-    """A py-spy raw stack: the thread's name, and its frames (func, path) outermost first."""
-    label, *frames = stack.split(";")
-    thread = label.split(": ", 1)[1] if ": " in label else label
-    parsed = []
-    for frame in frames:
-        match = _FRAME.match(frame)
-        parsed.append((match["func"], match["path"]) if match else (frame, ""))
-    return thread, parsed
-
-
 def bucket(frames: list[tuple[str, str]]) -> str:
     """The bucket of one sample (see the module docstring)."""
     qualified, path = frames[-1]
@@ -205,7 +192,7 @@ def summarize(raw: str, measured: dict[str, t.Any]) -> str:
     inclusive: collections.Counter[str] = collections.Counter()
     flush: collections.Counter[str] = collections.Counter()
     total = 0
-    for thread, frames, count in _samples(raw):
+    for thread, frames, count in samples(raw):
         if thread.startswith("wsgi-session"):
             flush[bucket(frames)] += count
             continue
@@ -291,7 +278,7 @@ def summarize_cpu(raw: str, measured: dict[str, t.Any], top: int = 14) -> str:
     """The Markdown summary of a case without I/O: CPU per owning function."""
     owners: collections.Counter[str] = collections.Counter()
     total = 0
-    for thread, frames, count in _samples(raw):
+    for thread, frames, count in samples(raw):
         if thread.startswith("wsgi-session") or not any(func == "run_batch" for func, _ in frames):
             continue
         total += count
@@ -322,6 +309,8 @@ def with_py_spy(seconds: float, slug: str, workload_name: str) -> tuple[str, dic
     with tempfile.TemporaryDirectory() as directory:
         raw_path = Path(directory) / "profile.txt"
         options = IO_OPTIONS if slug == "ws-redis" else CPU_OPTIONS
+        if is_compiled() and options is CPU_OPTIONS:
+            options = NATIVE_OPTIONS
         command = [py_spy, "record", *options, "--threads", "--format", "raw"]
         command += [
             "-o",
@@ -365,17 +354,15 @@ def run(seconds: float = 8.0) -> str:
                 "`python benchmarks/inprocess.py --profile` profiles every case with cProfile."
             )
         sections.append(f"### {measured['case']}\n\n{summary}")
-    from wsgi_session._mypyc import is_compiled
-
     if is_compiled():
         sections.insert(0, _COMPILED_NOTE)
     return "\n\n".join(sections)
 
 
 _COMPILED_NOTE = (
-    "*The compiled build ran:* py-spy (without `--native`) sees no frames of the compiled "
-    "modules and charges their time to their nearest Python caller, `SessionMiddleware` or "
-    "the benchmark loop; profile a pure-Python checkout to see the session's own functions."
+    "*Compiled build:* the memory-store cases were sampled with `--native` (mypyc's C functions "
+    "charged as the functions they were compiled from); the Redis case, `--nonblocking`, cannot "
+    "be, and charges compiled code to its nearest Python caller."
 )
 
 

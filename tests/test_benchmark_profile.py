@@ -91,6 +91,30 @@ def test_round_trip_summary_separates_waiting_from_cpu():
     )
 
 
+
+def test_native_frames_of_compiled_modules_are_charged_as_their_python_functions():
+    """py-spy ``--native`` of the compiled build: mypyc's C functions count as
+    the functions they were compiled from, the interpreter's own C frames
+    for the wsgi_session function that called them."""
+    native = "__native_3d8fa6970dd69ee5e114.c"
+    raw = "\n".join(
+        [
+            stack(
+                _CALL,
+                f"CPyPy_manager___SessionManager___commit ({native}:100)",
+                f"CPyDef_memory___MemoryStore___apply ({native}:44509)",
+                "PyDict_SetItem (libpython3.11.so.1.0)",
+                count=3,
+            ),
+            stack(_CALL, f"CPyDef_record___apply_diff ({native}:200)", count=1),
+            stack(_CALL, "CPyDef_other___thing (elsewhere.c:1)", count=1),  # not ours: its caller
+        ]
+    )
+    text = summarize_cpu(raw, _MEASURED)
+    assert "| `stores/memory:MemoryStore.apply` | 60.0% |" in text
+    assert "| `record:apply_diff` | 20.0% |" in text
+    assert "| `middleware:SessionMiddleware.__call__` | 20.0% |" in text
+
 @pytest.mark.redis
 def test_the_profiled_redis_child_times_each_round_trip(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
