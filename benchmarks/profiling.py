@@ -63,6 +63,8 @@ CPU_OPTIONS = ("--rate", "1000")
 #: unwinding one takes milliseconds, so sampling is rarer.
 NATIVE_OPTIONS = ("--native", "--rate", "200")
 _REDIS_PY_READS = {"_read_from_socket", "read_response", "readline", "read", "_read_response"}
+#: The lean path's functions that block in ``recv`` (``_Reader._fill`` calls it).
+_LEAN_READS = {"_receive", "_fill"}
 _LIBRARIES = (
     ("wsgi_session/", None),
     ("redis/", "redis-py"),
@@ -168,7 +170,7 @@ def bucket(frames: list[tuple[str, str]]) -> str:
     """The bucket of one sample (see the module docstring)."""
     qualified, path = frames[-1]
     func = qualified.rsplit(".", 1)[-1]
-    if ("redis/" in path and func in _REDIS_PY_READS) or (path.endswith("_resp.py") and func == "_receive"):
+    if ("redis/" in path and func in _REDIS_PY_READS) or (path.endswith("_resp.py") and func in _LEAN_READS):
         return "round trip: waiting for the reply"
     if func in {"sendall", "send_packed_command"} and ("redis/" in path or path.endswith("socket.py")):
         return "round trip: in the send syscall (the kernel runs Redis)"

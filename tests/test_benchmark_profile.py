@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from benchmarks.profiling import child, owner, summarize, summarize_cpu
+from benchmarks.profiling import bucket, child, owner, summarize, summarize_cpu
+from benchmarks.stacks import samples
 from wsgi_session.stores._resp import LeanPath
 
 _MAIN = "thread (7001): MainThread"
@@ -91,6 +92,21 @@ def test_round_trip_summary_separates_waiting_from_cpu():
     )
 
 
+def test_a_lean_path_read_blocked_in_recv_is_waiting_not_cpu():
+    """The lean path blocks in ``_Reader._fill`` (``sock.recv``): such samples
+    are the round trip, not the path's CPU (they were, until this test)."""
+    lean = "/x/wsgi_session/stores/_resp.py"
+    waiting = f"LeanPath._round_trip ({lean}:295);_receive ({lean}:185);_Reader._fill ({lean}:138)"
+    frames = _frames_of(stack(_CALL, waiting, count=1))
+    assert bucket(frames) == "round trip: waiting for the reply"
+    parsing = f"LeanPath._round_trip ({lean}:295);_receive ({lean}:185);_Reader.reply ({lean}:150)"
+    assert bucket(_frames_of(stack(_CALL, parsing, count=1))) == "CPU: wsgi_session.stores._resp"
+
+
+def _frames_of(line: str) -> list[tuple[str, str]]:
+    [(_, frames, _)] = list(samples(line))
+    return frames
+
 
 def test_native_frames_of_compiled_modules_are_charged_as_their_python_functions():
     """py-spy ``--native`` of the compiled build: mypyc's C functions count as
@@ -114,6 +130,7 @@ def test_native_frames_of_compiled_modules_are_charged_as_their_python_functions
     assert "| `stores/memory:MemoryStore.apply` | 60.0% |" in text
     assert "| `record:apply_diff` | 20.0% |" in text
     assert "| `middleware:SessionMiddleware.__call__` | 20.0% |" in text
+
 
 @pytest.mark.redis
 def test_the_profiled_redis_child_times_each_round_trip(
