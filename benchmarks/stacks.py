@@ -16,10 +16,15 @@ import typing as t
 
 from wsgi_session._mypyc import COMPILED_MODULES
 
-_FRAME = re.compile(r"^(?P<func>.*) \((?P<path>.*):(?P<line>\d+)\)$")
-#: A mypyc C function in a native stack (the entry point ``CPyPy_`` or the body ``CPyDef_``).
-_COMPILED = re.compile(r"^CPy(?:Def|Py)_(?P<module>[a-z]+)___(?P<name>\w+)$")
+#: ``function (path:line)``; a native frame without debug information has no line.
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<path>[^()]*?)(?::(?P<line>\d+))?\)$")
+#: mypyc names a compiled function's C code after the module's last name part.
 _COMPILED_PATHS = {name.rsplit("/", 1)[-1]: f"wsgi_session/{name}.py" for name in COMPILED_MODULES}
+#: A mypyc C function in a native stack (the entry point ``CPyPy_`` or the body
+#: ``CPyDef_``), maybe with a suffix of the C compiler's (``.part.0``, ``.cold``).
+_COMPILED = re.compile(
+    rf"^CPy(?:Def|Py)_(?P<module>{'|'.join(map(re.escape, _COMPILED_PATHS))})___(?P<name>\w+?)(?:\.[\w.]+)?$"
+)
 
 
 def samples(raw: str) -> t.Iterator[tuple[str, list[tuple[str, str]], int]]:
@@ -31,7 +36,8 @@ def samples(raw: str) -> t.Iterator[tuple[str, list[tuple[str, str]], int]]:
 
 
 def frames(stack: str) -> tuple[str, list[tuple[str, str]]]:
-    """A py-spy raw stack: the thread's name, and its frames (func, path) outermost first."""
+    """A py-spy raw stack: the thread's name, and its frames (func, path)
+    outermost first; a compiled function's as :func:`compiled_source` names it."""
     label, *raw_frames = stack.split(";")
     thread = label.split(": ", 1)[1] if ": " in label else label
     parsed = []
@@ -46,6 +52,9 @@ def compiled_source(func: str) -> tuple[str, str] | None:
     """The Python function (``Class.method``, its path) a mypyc C function was
     compiled from; ``None`` for any other function."""
     match = _COMPILED.match(func)
-    if match is None or match["module"] not in _COMPILED_PATHS:
+    if match is None:
         return None
-    return match["name"].replace("___", "."), _COMPILED_PATHS[match["module"]]
+    name = match["name"].replace("___", ".")
+    if "." not in name and name[:1].isupper():  # a native class's constructor
+        name += " (constructor)"
+    return name, _COMPILED_PATHS[match["module"]]

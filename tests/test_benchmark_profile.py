@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.profiling import bucket, child, owner, summarize, summarize_cpu
 from benchmarks.stacks import samples
+from wsgi_session._mypyc import COMPILED_MODULES
 from wsgi_session.stores._resp import LeanPath
 
 _MAIN = "thread (7001): MainThread"
@@ -130,6 +131,31 @@ def test_native_frames_of_compiled_modules_are_charged_as_their_python_functions
     assert "| `stores/memory:MemoryStore.apply` | 60.0% |" in text
     assert "| `record:apply_diff` | 20.0% |" in text
     assert "| `middleware:SessionMiddleware.__call__` | 20.0% |" in text
+
+
+_RECORD = "wsgi_session/record.py"
+
+
+@pytest.mark.parametrize(
+    ("frame", "source"),
+    [
+        ("CPyDef_record___SessionDiff (n.c:1)", ("SessionDiff (constructor)", "wsgi_session/record.py")),
+        (
+            "CPyDef_record___SessionDiff_____init__ (n.c:1)",
+            ("SessionDiff.__init__", "wsgi_session/record.py"),
+        ),
+        ("CPyDef_session___Session____load.part.0 (n.c:9)", ("Session._load", "wsgi_session/session.py")),
+        ("CPyDef_cache___ShardedCache___get.cold (lib.so)", ("ShardedCache.get", "wsgi_session/cache.py")),
+        ("CPyDef_codec___loads (n.c:1)", ("CPyDef_codec___loads", "n.c")),  # not a compiled module
+    ],
+)
+def test_compiled_frame_names(frame: str, source: tuple[str, str]) -> None:
+    assert _frames_of(stack(frame, count=1, loop=False))[-1] == source
+
+
+def test_compiled_modules_have_distinct_last_names():
+    """mypyc names C functions after a module's last name part only."""
+    assert len({name.rsplit("/", 1)[-1] for name in COMPILED_MODULES}) == len(COMPILED_MODULES)
 
 
 @pytest.mark.redis
