@@ -17,7 +17,7 @@ the ``.py`` files and shadow them, so edits would not run.
 from __future__ import annotations
 
 import os
-import re
+import runpy
 import sys
 from pathlib import Path
 
@@ -30,11 +30,10 @@ COMPILING = os.environ.get("WSGI_SESSION_COMPILE") == "1"
 
 
 def compiled_modules() -> list[str]:
-    """The files named by ``COMPILED_MODULES``, read without importing the package."""
-    source = Path(__file__).with_name("wsgi_session").joinpath("_mypyc.py").read_text()
-    block = re.search(r"COMPILED_MODULES = \(([^)]*)\)", source)
-    assert block is not None, "COMPILED_MODULES not found in wsgi_session/_mypyc.py"
-    return [f"wsgi_session/{name}.py" for name in re.findall(r'"([\w/]+)"', block.group(1))]
+    """The files named by ``COMPILED_MODULES``, read from ``_mypyc.py`` alone
+    (importing the package would need its dependencies, absent at build time)."""
+    names = runpy.run_path(str(Path(__file__).with_name("wsgi_session") / "_mypyc.py"))["COMPILED_MODULES"]
+    return [f"wsgi_session/{name}.py" for name in names]
 
 
 def extensions() -> list[object]:
