@@ -25,6 +25,10 @@ _COMPILED_PATHS = {name.rsplit("/", 1)[-1]: f"wsgi_session/{name}.py" for name i
 _COMPILED = re.compile(
     rf"^CPy(?:Def|Py)_(?P<module>{'|'.join(map(re.escape, _COMPILED_PATHS))})___(?P<name>\w+?)(?:\.[\w.]+)?$"
 )
+#: A method of a class compiled as a plain Python class (``native_class=False``):
+#: mypyc makes it a callable object, ``<method>_<Class>_obj``, whose body is its
+#: ``__call__`` (a dunder method's name gets ``_3`` appended).
+_PLAIN_CLASS_METHOD = re.compile(r"^(?P<method>\w+?)(?:_3)?_(?P<cls>[A-Z]\w*?)_obj_____call__$")
 
 
 def samples(raw: str) -> t.Iterator[tuple[str, list[tuple[str, str]], int]]:
@@ -54,6 +58,9 @@ def compiled_source(func: str) -> tuple[str, str] | None:
     match = _COMPILED.match(func)
     if match is None:
         return None
+    plain = _PLAIN_CLASS_METHOD.match(match["name"])
+    if plain is not None:
+        return f"{plain['cls']}.{plain['method']}", _COMPILED_PATHS[match["module"]]
     name = match["name"].replace("___", ".")
     if "." not in name and name[:1].isupper():  # a native class's constructor
         name += " (constructor)"

@@ -147,6 +147,16 @@ _RECORD = "wsgi_session/record.py"
         ("CPyDef_session___Session____load.part.0 (n.c:9)", ("Session._load", "wsgi_session/session.py")),
         ("CPyDef_cache___ShardedCache___get.cold (lib.so)", ("ShardedCache.get", "wsgi_session/cache.py")),
         ("CPyDef_codec___loads (n.c:1)", ("CPyDef_codec___loads", "n.c")),  # not a compiled module
+        # methods of SessionMiddleware, compiled as a plain class (native_class=False)
+        (
+            "CPyDef_middleware_____call___3_SessionMiddleware_obj_____call__ (n.c:5)",
+            ("SessionMiddleware.__call__", "wsgi_session/middleware.py"),
+        ),
+        (
+            "CPyPy_middleware___finish_SessionMiddleware_obj_____call__ (n.c:5)",
+            ("SessionMiddleware.finish", "wsgi_session/middleware.py"),
+        ),
+        ("CPyDef_middleware____add_vary (n.c:5)", ("_add_vary", "wsgi_session/middleware.py")),
     ],
 )
 def test_compiled_frame_names(frame: str, source: tuple[str, str]) -> None:

@@ -26,6 +26,7 @@ import time
 import typing as t
 
 from . import shutdown
+from ._mypyc import mypyc_attr
 from .exceptions import StoreUnavailable
 from .manager import SessionManager
 from .outcome import NOTHING
@@ -48,6 +49,8 @@ log = logging.getLogger("wsgi_session")
 _PASS_THROUGH = (list, tuple)
 
 
+# Compiled, still a plain class: shutdown holds it weakly, and users subclass it.
+@mypyc_attr(native_class=False)
 class SessionMiddleware:
     """Server-side sessions for a WSGI application.
 
@@ -340,7 +343,10 @@ def _close(body: object) -> None:
 
 def _add_vary(headers: list[tuple[str, str]], name: str) -> None:
     """Add ``name`` to the ``Vary`` header (merging, never duplicating)."""
-    for header in headers:  # no enumerate(): most responses have no Vary yet
+    # Typed loosely: PEP 3333 asks for tuples, but applications also pass lists,
+    # which a compiled loop over tuples would refuse.
+    entries: list[t.Any] = headers
+    for header in entries:  # no enumerate(): most responses have no Vary yet
         key, value = header
         if len(key) == 4 and key.lower() == "vary":
             tokens = {part.strip().lower() for part in value.split(",")}

@@ -319,4 +319,3 @@ def test_a_cached_copy_is_checked_while_redis_is_out_of_memory(tmp_path: Path, m
     finally:
         client.close()
         server.stop()
-
