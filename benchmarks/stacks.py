@@ -28,6 +28,8 @@ _COMPILED = re.compile(
 #: A method of a class compiled as a plain Python class (``native_class=False``):
 #: mypyc makes it a callable object, ``<method>_<Class>_obj``, whose body is its
 #: ``__call__`` (a dunder method's name gets ``_3`` appended).
+#: A native class's ``tp_clear`` (``<Class>_clear``), run when an instance is freed.
+_FREED = re.compile(r"^(?P<cls>_?[A-Z]\w*?)_clear$")
 _PLAIN_CLASS_METHOD = re.compile(r"^(?P<method>\w+?)(?:_3)?_(?P<cls>[A-Z]\w*?)_obj_____call__$")
 
 
@@ -62,6 +64,9 @@ def compiled_source(func: str) -> tuple[str, str] | None:
     if plain is not None:
         return f"{plain['cls']}.{plain['method']}", _COMPILED_PATHS[match["module"]]
     name = match["name"].replace("___", ".")
-    if "." not in name and name[:1].isupper():  # a native class's constructor
+    freed = _FREED.match(name)
+    if freed is not None:  # a native instance's clear, which its deallocation runs
+        name = f"{freed['cls']} (freed)"
+    elif "." not in name and name.lstrip("_")[:1].isupper():  # a native class's constructor
         name += " (constructor)"
     return name, _COMPILED_PATHS[match["module"]]

@@ -157,6 +157,9 @@ _RECORD = "wsgi_session/record.py"
             ("SessionMiddleware.finish", "wsgi_session/middleware.py"),
         ),
         ("CPyDef_middleware____add_vary (n.c:5)", ("_add_vary", "wsgi_session/middleware.py")),
+        ("CPyDef_session___Session_clear (n.c:5)", ("Session (freed)", "wsgi_session/session.py")),
+        ("CPyDef_middleware____Exchange_clear (n.c:5)", ("_Exchange (freed)", "wsgi_session/middleware.py")),
+        ("CPyDef_middleware____Exchange (n.c:5)", ("_Exchange (constructor)", "wsgi_session/middleware.py")),
     ],
 )
 def test_compiled_frame_names(frame: str, source: tuple[str, str]) -> None:
