@@ -293,11 +293,17 @@ def summarize_cpu(raw: str, measured: dict[str, t.Any], top: int = 14) -> str:
         owners[owner(frames)] += count
     if not total:
         return "py-spy recorded no samples of the measured loop."
+    if "--nonblocking" in measured.get("options", ""):
+        how = "py-spy read them without pausing the process"
+    else:
+        how = (
+            "py-spy paused the process for each, which stretches the time under the profiler "
+            "and overstates code that makes system calls"
+        )
     lines = [
         _recorded(measured, total),
         "",
-        "Shares of the request thread's samples; the pauses for sampling stretch the time "
-        "under the profiler, not the shares: multiply by the in-process median for µs.",
+        f"Shares of the request thread's samples ({how}): multiply by the in-process median for µs.",
         "",
         "| whose own lines ran (self time) | share |",
         "| :--- | ---: |",
@@ -370,12 +376,12 @@ def run(seconds: float = 8.0) -> str:
 _COMPILED_NOTE = (
     "*Compiled build:* the memory-store cases were sampled with `--native` (mypyc's C functions "
     "charged as the functions they were compiled from; a small one the C compiler inlined counts "
-    "for its caller). py-spy stops the process for each native sample, and a system call it "
-    "interrupts starts again, so code that makes one (the new visitor's `os.urandom` for the id, "
-    "the app's for its tag) shows more than its time: time such a piece alone before trusting "
-    "its share. The Redis case, `--nonblocking`, cannot use `--native`, and charges compiled "
-    "code to its nearest Python caller: the middleware, the session and the cache count for "
-    "the benchmark app and loop there."
+    "for its caller). py-spy pauses the process for each native sample, and a paused process "
+    "stops at its next entry into the kernel, so code that makes a system call (the new "
+    "visitor's `os.urandom` for the id, the app's for its tag) draws more samples than its "
+    "time: `benchmarks/pieces.py` times those pieces alone. The Redis case, `--nonblocking`, "
+    "cannot use `--native`: there compiled code (the session, the cache, the exchange) counts "
+    "for its nearest Python caller (the middleware, the benchmark app)."
 )
 
 

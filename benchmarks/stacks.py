@@ -28,9 +28,11 @@ _COMPILED = re.compile(
 #: A method of a class compiled as a plain Python class (``native_class=False``):
 #: mypyc makes it a callable object, ``<method>_<Class>_obj``, whose body is its
 #: ``__call__`` (a dunder method's name gets ``_3`` appended).
+#: A native class's name alone: its constructor. (mypyc's helpers of a class,
+#: ``<Class>_trait_vtable_setup`` and the like, have underscores after it.)
+_CLASS = re.compile(r"^_?[A-Z][A-Za-z0-9]*$")
 #: A native class's ``tp_clear`` (``<Class>_clear``), run when an instance is freed.
-_FREED = re.compile(r"^(?P<cls>_?[A-Z]\w*?)_clear$")
-_PLAIN_CLASS_METHOD = re.compile(r"^(?P<method>\w+?)(?:_3)?_(?P<cls>[A-Z]\w*?)_obj_____call__$")
+_FREED = re.compile(r"^(?P<cls>_?[A-Z][A-Za-z0-9]*)_clear$")
 
 
 def samples(raw: str) -> t.Iterator[tuple[str, list[tuple[str, str]], int]]:
@@ -60,13 +62,10 @@ def compiled_source(func: str) -> tuple[str, str] | None:
     match = _COMPILED.match(func)
     if match is None:
         return None
-    plain = _PLAIN_CLASS_METHOD.match(match["name"])
-    if plain is not None:
-        return f"{plain['cls']}.{plain['method']}", _COMPILED_PATHS[match["module"]]
     name = match["name"].replace("___", ".")
     freed = _FREED.match(name)
     if freed is not None:  # a native instance's clear, which its deallocation runs
         name = f"{freed['cls']} (freed)"
-    elif "." not in name and name.lstrip("_")[:1].isupper():  # a native class's constructor
+    elif _CLASS.match(name):
         name += " (constructor)"
     return name, _COMPILED_PATHS[match["module"]]

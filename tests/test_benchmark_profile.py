@@ -147,19 +147,21 @@ _RECORD = "wsgi_session/record.py"
         ("CPyDef_session___Session____load.part.0 (n.c:9)", ("Session._load", "wsgi_session/session.py")),
         ("CPyDef_cache___ShardedCache___get.cold (lib.so)", ("ShardedCache.get", "wsgi_session/cache.py")),
         ("CPyDef_codec___loads (n.c:1)", ("CPyDef_codec___loads", "n.c")),  # not a compiled module
-        # methods of SessionMiddleware, compiled as a plain class (native_class=False)
+        ("CPyDef__exchange___add_vary (n.c:5)", ("add_vary", "wsgi_session/_exchange.py")),
         (
-            "CPyDef_middleware_____call___3_SessionMiddleware_obj_____call__ (n.c:5)",
-            ("SessionMiddleware.__call__", "wsgi_session/middleware.py"),
+            "CPyDef__exchange___Exchange___send_headers (n.c:5)",
+            ("Exchange.send_headers", "wsgi_session/_exchange.py"),
         ),
-        (
-            "CPyPy_middleware___finish_SessionMiddleware_obj_____call__ (n.c:5)",
-            ("SessionMiddleware.finish", "wsgi_session/middleware.py"),
-        ),
-        ("CPyDef_middleware____add_vary (n.c:5)", ("_add_vary", "wsgi_session/middleware.py")),
+        ("CPyDef_session___Session___clear (n.c:5)", ("Session.clear", "wsgi_session/session.py")),
         ("CPyDef_session___Session_clear (n.c:5)", ("Session (freed)", "wsgi_session/session.py")),
-        ("CPyDef_middleware____Exchange_clear (n.c:5)", ("_Exchange (freed)", "wsgi_session/middleware.py")),
-        ("CPyDef_middleware____Exchange (n.c:5)", ("_Exchange (constructor)", "wsgi_session/middleware.py")),
+        ("CPyDef__exchange___Exchange_clear (n.c:5)", ("Exchange (freed)", "wsgi_session/_exchange.py")),
+        ("CPyDef__exchange___Exchange (n.c:5)", ("Exchange (constructor)", "wsgi_session/_exchange.py")),
+        ("CPyDef_record____Deadline (n.c:5)", ("_Deadline (constructor)", "wsgi_session/record.py")),
+        # mypyc's helpers of a class are not its constructor
+        (
+            "CPyDef_session___Session_trait_vtable_setup (n.c:5)",
+            ("Session_trait_vtable_setup", "wsgi_session/session.py"),
+        ),
     ],
 )
 def test_compiled_frame_names(frame: str, source: tuple[str, str]) -> None:

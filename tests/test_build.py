@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 import typing as t
+import weakref
+
+from core_testkit import call_wsgi, counter_view, make_config, set_cookies, view_app
 
 import wsgi_session
+from wsgi_session import SessionMiddleware
 from wsgi_session._mypyc import COMPILED_MODULES, is_compiled
 from wsgi_session.record import SessionRecord
 from wsgi_session.serialization import TaggedJSONSerializer
@@ -53,3 +57,26 @@ def test_public_classes_of_compiled_modules_can_be_subclassed_in_python(make_cli
     client, _ = make_client(count, store=store)
     assert [client.get("/").text for _ in range(3)] == ["1", "2", "3"]
     assert store.loads == 2  # the second and third request; the first had no cookie
+
+
+def test_the_middleware_stays_a_python_class_that_subclasses_extend() -> None:
+    """``SessionMiddleware`` is not compiled (a compiled class's methods take
+    only that exact class): a subclass's override is the method the compiled
+    request machinery calls, and the shutdown registry can hold it weakly."""
+
+    class CountingMiddleware(SessionMiddleware):
+        finished = 0
+
+        def finish(self, *args: t.Any, **kwargs: t.Any) -> None:
+            self.finished += 1
+            super().finish(*args, **kwargs)
+
+    middleware = CountingMiddleware(view_app(counter_view), make_config())
+    assert SessionMiddleware.__module__ == "wsgi_session.middleware"
+    assert __import__("wsgi_session.middleware", fromlist=["_"]).__file__.endswith(".py")
+    assert weakref.ref(middleware)() is middleware
+    response = call_wsgi(middleware)
+    assert response.body == b"1"
+    assert len(set_cookies(response.headers)) == 1
+    assert middleware.finished == 1
+    middleware.close()

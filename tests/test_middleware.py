@@ -600,6 +600,25 @@ def test_store_outage_fails_closed_with_503(make_client):
     assert client.get("/").text == "2"
 
 
+def test_a_subclass_answers_an_outage_its_own_way():
+    """``outage_response`` overridden in a subclass is what the request path
+    calls, in both builds (the compiled path calls the middleware's class)."""
+
+    class Apologetic(SessionMiddleware):
+        def outage_response(self, start_response, exc_info):
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")], exc_info)
+            return [b"sorry"]
+
+    store = FlakyStore()
+    middleware = Apologetic(view_app(counter_view), make_config(), store=store)
+    first = call_wsgi(middleware)
+    store.down = True
+    again = call_wsgi(middleware, cookie=f"session={set_cookies(first.headers)[0][0]}")
+    assert again.status == "503 Service Unavailable"
+    assert again.body == b"sorry"
+    middleware.close()
+
+
 def test_store_outage_on_write_fails_closed(make_client):
     store = FlakyStore()
     client, _ = make_client(counter_view, store=store)
@@ -669,6 +688,32 @@ def test_vary_merged_into_a_header_given_as_a_list():
     # PEP 3333 asks for tuples, but lists are common enough to be accepted.
     middleware = SessionMiddleware(_app_with_headers([["Vary", "Accept"]]), make_config())
     assert header_values(call_wsgi(middleware).headers, "Vary") == ["Accept, Cookie"]
+
+
+def _eager_app(environ, start_response):
+    environ["session"]["n"] = 1
+    write = start_response("200 OK", (("Content-Type", "text/plain"),), None)
+    write(bytearray(b"a"))
+    return iter([bytearray(b"b"), memoryview(b"c")])
+
+
+def _lazy_app(environ, start_response):
+    environ["session"]["n"] = 1
+    start_response("200 OK", (("Content-Type", "text/plain"),))
+    yield bytearray(b"a")
+    yield memoryview(b"bc")
+
+
+@pytest.mark.parametrize("app", [_eager_app, _lazy_app])
+def test_what_the_app_hands_over_goes_to_the_server_as_it_came(app):
+    """Headers as a tuple, chunks that are not ``bytes`` (through ``write()``,
+    first of a lazy body, later ones): servers take them, and so does the
+    middleware, compiled or not (a compiled annotation would refuse them)."""
+    response = call_wsgi(SessionMiddleware(app, make_config()))
+    assert response.status == "200 OK"
+    assert response.body == b"abc"
+    assert header_values(response.headers, "Vary") == ["Cookie"]
+    assert len(set_cookies(response.headers)) == 1
 
 
 def test_middleware_is_a_context_manager_and_close_is_idempotent():

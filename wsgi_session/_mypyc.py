@@ -7,9 +7,10 @@ the same. Compiled classes are closed to subclasses written in Python unless
 they say otherwise: the public ones that users may extend (a store, a
 serializer, a transport) carry ``@mypyc_attr(allow_interpreted_subclasses=True)``,
 which mypyc reads at build time and the pure-Python build ignores.
-:class:`~wsgi_session.middleware.SessionMiddleware` is compiled as a plain
-Python class (``native_class=False``) whose methods are compiled: it is held
-in a weak set for the SIGTERM flush, which native instances do not allow.
+:class:`~wsgi_session.middleware.SessionMiddleware` itself is not compiled (a
+compiled class's methods accept only that exact class, so no subclass would
+work, and the shutdown registry holds it weakly); the per-request machinery it
+drives, in ``_exchange``, is.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ else:
 #: The modules the compiled build compiles: the request path of the memory
 #: store and of the cache in front of the others. ``setup.py`` reads it.
 COMPILED_MODULES = (
-    "middleware",
+    "_exchange",
     "session",
     "outcome",
     "record",
