@@ -49,20 +49,20 @@ _PASS_THROUGH = (list, tuple)
 class RequestPath:
     """What :class:`~wsgi_session.middleware.SessionMiddleware` does on each
     request: its ``__call__``, ``finish`` and ``outage_response`` delegate
-    here. ``override`` is the middleware when its class overrides ``finish``
-    or ``outage_response``: the exchange then calls the overrides (which may
-    call these through ``super()``); else ``None``.
+    here. ``host`` is whose ``finish`` and ``outage_response`` an exchange
+    calls: the middleware when its class overrides them (the overrides may
+    call these through ``super()``), else this path itself.
     """
 
     def __init__(
         self,
-        override: Host | None,
+        host: Host | None,
         app: WSGIApplication,
         manager: SessionManager,
         environ_key: str,
         retry_after: str,
     ) -> None:
-        self.override = override
+        self.host: Host = host if host is not None else self
         self.app = app
         self.manager = manager
         self.environ_key = environ_key
@@ -74,7 +74,7 @@ class RequestPath:
         self.manager.ensure_ready()
         session = Session(self.manager, environ)
         environ[self.environ_key] = session
-        exchange = Exchange(self, session, start_response)
+        exchange = Exchange(self.host, session, start_response)
         try:
             body = self.app(environ, exchange.start_response)
         except StoreUnavailable:
@@ -95,26 +95,6 @@ class RequestPath:
             return body  # nothing can change after this
         return ClosingBody(exchange, body)
 
-    def dispatch_finish(
-        self,
-        session: Session,
-        headers: list[tuple[str, str]],
-        late: bool,
-        status: t.Any = "",
-        final: bool = False,
-    ) -> None:
-        """``finish`` as the middleware's class defines it."""
-        if self.override is None:
-            self.finish(session, headers, late, status, final)
-        else:
-            self.override.finish(session, headers, late, status, final)
-
-    def dispatch_outage(self, start_response: StartResponse, exc_info: OptExcInfo | None) -> list[bytes]:
-        """``outage_response`` as the middleware's class defines it."""
-        if self.override is None:
-            return self.outage_response(start_response, exc_info)
-        return self.override.outage_response(start_response, exc_info)
-
     def finish(
         self,
         session: Session,
@@ -123,14 +103,7 @@ class RequestPath:
         status: t.Any = "",
         final: bool = False,
     ) -> None:
-        """Commit the session's changes and add the headers they need.
-
-        A server error (5xx) commits nothing, as Django does: the request
-        failed, so its half-done changes are not kept. ``final`` says the
-        body is complete (a list), so no second commit can follow.
-
-        :raises StoreUnavailable: when the store cannot take the write.
-        """
+        """What :meth:`SessionMiddleware.finish <wsgi_session.middleware.SessionMiddleware.finish>` does."""
         manager = self.manager
         if not late and status[:1] == "5" and session._loaded:
             add_vary(headers, self.vary)
@@ -186,15 +159,15 @@ class Exchange:
         "exc_info",
         "final",
         "headers",
-        "path",
+        "host",
         "server_start",
         "server_write",
         "session",
         "status",
     )  # fmt: skip
 
-    def __init__(self, path: RequestPath, session: Session, server_start: StartResponse) -> None:
-        self.path = path
+    def __init__(self, host: Host, session: Session, server_start: StartResponse) -> None:
+        self.host = host
         self.session = session
         self.server_start = server_start
         self.status: t.Any = None
@@ -229,7 +202,7 @@ class Exchange:
             return True
         if self.session._loaded:  # a request that never used its session has nothing to do
             try:
-                self.path.dispatch_finish(self.session, self.headers, False, self.status or "", self.final)
+                self.host.finish(self.session, self.headers, False, self.status or "", self.final)
             except StoreUnavailable:
                 log.warning("session store unavailable; answering 503", exc_info=True)
                 return False
@@ -243,12 +216,12 @@ class Exchange:
         if not self.committed:
             return
         try:
-            self.path.dispatch_finish(self.session, [], True)
+            self.host.finish(self.session, [], True)
         except StoreUnavailable:
             log.error("session store unavailable; changes made while streaming were not saved")
 
     def outage(self) -> list[bytes]:
-        return self.path.dispatch_outage(self.server_start, None)
+        return self.host.outage_response(self.server_start, None)
 
 
 class ClosingBody:
