@@ -56,11 +56,10 @@ CASES = (("ws-redis", "INCREMENT"), ("ws-mem", "INCREMENT"), ("ws-mem", "NEW_VIS
 #: ``--nonblocking``, so the profiler (which needs CPU on the same 2 cores)
 #: does not stretch the round trips it measures; ``--idle`` to see them.
 IO_OPTIONS = ("--nonblocking", "--idle", "--rate", "200")
-#: For a case without I/O: more often, and ``--nonblocking`` too. A process
-#: that py-spy pauses for a sample stops at its next entry into the kernel,
-#: so every sample lands on a system call if the loop makes one: a loop of
-#: ``os.urandom(24)`` (0.41 µs) and a SHA-256 (0.46 µs) gave ``os.urandom``
-#: 99 % of the paused samples and 36 % of the unpaused ones.
+#: For a case without I/O: more often, and unpaused. A loop of ``os.urandom(24)``
+#: (0.41 µs) and a SHA-256 (0.46 µs) gave ``os.urandom`` 99 % of the paused
+#: samples and 36 % of the unpaused ones: a paused process seems to stop at its
+#: next system call.
 CPU_OPTIONS = ("--nonblocking", "--rate", "1000")
 #: On the compiled build, whose functions only native stacks show: py-spy
 #: must pause the process to unwind them (milliseconds each, so sampling is

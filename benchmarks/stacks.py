@@ -25,9 +25,6 @@ _COMPILED_PATHS = {name.rsplit("/", 1)[-1]: f"wsgi_session/{name}.py" for name i
 _COMPILED = re.compile(
     rf"^CPy(?:Def|Py)_(?P<module>{'|'.join(map(re.escape, _COMPILED_PATHS))})___(?P<name>\w+?)(?:\.[\w.]+)?$"
 )
-#: A method of a class compiled as a plain Python class (``native_class=False``):
-#: mypyc makes it a callable object, ``<method>_<Class>_obj``, whose body is its
-#: ``__call__`` (a dunder method's name gets ``_3`` appended).
 #: A native class's name alone: its constructor. (mypyc's helpers of a class,
 #: ``<Class>_trait_vtable_setup`` and the like, have underscores after it.)
 _CLASS = re.compile(r"^_?[A-Z][A-Za-z0-9]*$")

@@ -607,7 +607,7 @@ def test_a_subclass_answers_an_outage_its_own_way():
     class Apologetic(SessionMiddleware):
         def outage_response(self, start_response, exc_info):
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")], exc_info)
-            return [b"sorry"]
+            return (b"sorry",)  # any iterable, as WSGI allows
 
     store = FlakyStore()
     middleware = Apologetic(view_app(counter_view), make_config(), store=store)
@@ -616,6 +616,24 @@ def test_a_subclass_answers_an_outage_its_own_way():
     again = call_wsgi(middleware, cookie=f"session={set_cookies(first.headers)[0][0]}")
     assert again.status == "503 Service Unavailable"
     assert again.body == b"sorry"
+    middleware.close()
+
+
+def test_the_wrapped_app_can_be_replaced_and_a_mixin_override_is_called():
+    calls = []
+
+    class Auditing:
+        def finish(self, session, headers, late, status="", final=False):
+            calls.append(late)
+            super().finish(session, headers, late, status, final)
+
+    class AuditedMiddleware(Auditing, SessionMiddleware):
+        pass
+
+    middleware = AuditedMiddleware(view_app(lambda session, environ: "old"), make_config())
+    middleware.app = view_app(counter_view)
+    assert call_wsgi(middleware).body == b"1"
+    assert calls == [False]
     middleware.close()
 
 

@@ -40,7 +40,9 @@ class Host(t.Protocol):
         final: bool = False,
     ) -> None: ...
 
-    def outage_response(self, start_response: StartResponse, exc_info: OptExcInfo | None) -> list[bytes]: ...
+    def outage_response(
+        self, start_response: StartResponse, exc_info: OptExcInfo | None
+    ) -> t.Iterable[bytes]: ...
 
 
 _PASS_THROUGH = (list, tuple)
@@ -99,9 +101,9 @@ class RequestPath:
         self,
         session: Session,
         headers: list[tuple[str, str]],
-        late: bool,
+        late: t.Any,
         status: t.Any = "",
-        final: bool = False,
+        final: t.Any = False,
     ) -> None:
         """What :meth:`SessionMiddleware.finish <wsgi_session.middleware.SessionMiddleware.finish>` does."""
         manager = self.manager
@@ -132,7 +134,7 @@ class RequestPath:
         elif outcome.clear:
             transport.clear(headers)
 
-    def outage_response(self, start_response: StartResponse, exc_info: OptExcInfo | None) -> list[bytes]:
+    def outage_response(self, start_response: StartResponse, exc_info: t.Any) -> list[bytes]:
         """The fail-closed answer: 503 with ``Retry-After``."""
         body = b"Service Unavailable: the session store cannot be reached. Please retry.\n"
         headers = [
@@ -216,11 +218,11 @@ class Exchange:
         if not self.committed:
             return
         try:
-            self.host.finish(self.session, [], True)
+            self.host.finish(self.session, [], late=True)
         except StoreUnavailable:
             log.error("session store unavailable; changes made while streaming were not saved")
 
-    def outage(self) -> list[bytes]:
+    def outage(self) -> t.Iterable[bytes]:
         return self.host.outage_response(self.server_start, None)
 
 

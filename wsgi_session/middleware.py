@@ -16,6 +16,9 @@ cannot create, renew or destroy the client's token (see the README).
 
 Unsafe to use: in front of a cache that ignores ``Vary``, or with
 ``bind_ip_sources`` naming a header that clients can set themselves.
+
+The per-request machinery lives in :mod:`wsgi_session._exchange` (compiled in
+the compiled build); this class holds the configuration and delegates.
 """
 
 from __future__ import annotations
@@ -78,11 +81,7 @@ class SessionMiddleware:
             else MemoryStore(max_entries=config.cache_max_entries, shards=config.cache_shards)
         )
         self.manager = SessionManager(config, self.store, clock or time.time)
-        cls = type(self)  # a subclass's overrides are what the request path calls
-        overrides = (
-            cls.finish is not SessionMiddleware.finish
-            or cls.outage_response is not SessionMiddleware.outage_response
-        )
+        overrides = _overrides(self)
         self._path = RequestPath(
             self if overrides else None,
             app,
@@ -148,9 +147,12 @@ class SessionMiddleware:
 
     @app.setter
     def app(self, app: WSGIApplication) -> None:
-        self._path.app = app
+        path = self.__dict__.get("_path")
+        if path is not None:  # else ``__init__`` has yet to run, and sets it
+            path.app = app
 
-    # -- called during a request; a subclass may override them --------------------------
+    # -- called during a request; a subclass may override them (looked up once, when
+    # the middleware is built) ----------------------------------------------------------
 
     def finish(
         self,
@@ -170,6 +172,20 @@ class SessionMiddleware:
         """
         self._path.finish(session, headers, late, status, final)
 
-    def outage_response(self, start_response: StartResponse, exc_info: OptExcInfo | None) -> list[bytes]:
+    def outage_response(
+        self, start_response: StartResponse, exc_info: OptExcInfo | None
+    ) -> t.Iterable[bytes]:
         """The fail-closed answer: 503 with ``Retry-After``."""
         return self._path.outage_response(start_response, exc_info)
+
+
+_BASE_METHODS = {name: getattr(SessionMiddleware, name) for name in ("finish", "outage_response")}
+
+
+def _overrides(middleware: SessionMiddleware) -> bool:
+    """Whether ``middleware`` answers ``finish`` or ``outage_response`` with
+    its own (a subclass's, a mixin's, or one set on the instance)."""
+    return any(
+        name in vars(middleware) or getattr(type(middleware), name) is not base
+        for name, base in _BASE_METHODS.items()
+    )
