@@ -20,7 +20,6 @@ from .outcome import NOTHING
 from .session import Session
 
 if t.TYPE_CHECKING:
-    from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from .manager import SessionManager
@@ -29,20 +28,13 @@ log = logging.getLogger("wsgi_session")
 
 
 class Host(t.Protocol):
-    """What an exchange needs of its middleware."""
+    """What an exchange calls on its middleware: the two methods of
+    :class:`~wsgi_session.middleware.SessionMiddleware` (whose signatures
+    they are) that a subclass may override."""
 
-    def finish(
-        self,
-        session: Session,
-        headers: list[tuple[str, str]],
-        late: bool,
-        status: str = "",
-        final: bool = False,
-    ) -> None: ...
+    def finish(self, *args: t.Any, **kwargs: t.Any) -> None: ...
 
-    def outage_response(
-        self, start_response: StartResponse, exc_info: OptExcInfo | None
-    ) -> t.Iterable[bytes]: ...
+    def outage_response(self, *args: t.Any, **kwargs: t.Any) -> t.Iterable[bytes]: ...
 
 
 _PASS_THROUGH = (list, tuple)
