@@ -7,7 +7,9 @@ not the ones imported, that run would test pure Python twice and pass.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import types
 import typing as t
 import weakref
 
@@ -16,7 +18,7 @@ from core_testkit import call_wsgi, counter_view, make_config, set_cookies, view
 import wsgi_session
 from wsgi_session import SessionMiddleware
 from wsgi_session._mypyc import COMPILED_MODULES, is_compiled
-from wsgi_session.record import SessionRecord
+from wsgi_session.record import SessionDiff, SessionRecord
 from wsgi_session.serialization import TaggedJSONSerializer
 from wsgi_session.stores import MemoryStore
 from wsgi_session.transport import CookieTransport, HeaderTransport
@@ -80,3 +82,33 @@ def test_the_middleware_stays_a_python_class_that_subclasses_extend() -> None:
     assert len(set_cookies(response.headers)) == 1
     assert middleware.finished == 1
     middleware.close()
+
+
+def test_the_records_built_on_every_write_have_compiled_constructors() -> None:
+    """A dataclass's generated ``__init__`` is Python made at import time,
+    which the compiled build would run interpreted on every construction;
+    the records write their own, which it compiles. Either way they build
+    alike, by position or by keyword (as ``dataclasses.replace`` does)."""
+    for cls in (SessionRecord, SessionDiff):
+        assert isinstance(cls.__init__, types.FunctionType) is not is_compiled()
+    record = SessionRecord("s" * 16, {"n": b"1"}, 1.0, 2.0)
+    assert (record.absolute, record.longterm, record.version, record.memo) == (None, False, 1, {})
+    assert SessionRecord("s" * 16, {}, 1.0, 2.0).memo is not record.memo  # a memo of its own
+    moved = dataclasses.replace(record, expires=3.0, memo=record.memo)
+    assert (moved.id, moved.values, moved.expires, moved.memo is record.memo) == (
+        record.id,
+        {"n": b"1"},
+        3.0,
+        True,
+    )
+    diff = SessionDiff("s" * 16, {"n": b"2"}, frozenset(), False, 2.0, None, False, 1.0)
+    assert (diff.create, diff.defaults, diff.local_only, diff.base, diff.span) == (
+        False,
+        None,
+        False,
+        None,
+        1,
+    )
+    assert dataclasses.replace(diff, create=True, span=2) == SessionDiff(
+        "s" * 16, {"n": b"2"}, frozenset(), False, 2.0, None, False, 1.0, True, None, False, None, 2
+    )
