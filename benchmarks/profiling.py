@@ -20,10 +20,11 @@ time blocked on a socket is seen too. Three cases are profiled:
     No I/O at all: the samples are the CPU cost of the middleware itself,
     attributed to the wsgi_session *function* whose own lines ran (standard
     library and C calls counted for the wsgi_session function that made
-    them), the benchmark's app, or the rest. On the compiled build py-spy
-    also reads native frames (``--native``), and mypyc's C functions
-    (``CPyDef_<module>___<Class>___<method>``) are charged as the Python
-    functions they were compiled from.
+    them), the benchmark's app, or the rest. On the compiled build they are
+    recorded by Linux ``perf`` where it is installed
+    (:mod:`benchmarks.recorders`), else by py-spy ``--native``; mypyc's C
+    functions (``CPyDef_<module>___<Class>___<method>``) are charged as the
+    Python functions they were compiled from.
 
 Run it from the repository root::
 
@@ -35,37 +36,25 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import typing as t
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import recorders
 from benchmarks.settings import ROOT
 from benchmarks.stacks import samples
 from wsgi_session._mypyc import is_compiled
 
 #: The profiled cases: (subject slug, workload constant of benchmarks.workloads).
 CASES = (("ws-redis", "INCREMENT"), ("ws-mem", "INCREMENT"), ("ws-mem", "NEW_VISITOR"))
-#: py-spy's options for a case with round trips: a low rate, and
-#: ``--nonblocking``, so the profiler (which needs CPU on the same 2 cores)
-#: does not stretch the round trips it measures; ``--idle`` to see them.
-IO_OPTIONS = ("--nonblocking", "--idle", "--rate", "200")
-#: For a case without I/O: more often, and unpaused. A loop of ``os.urandom(24)``
-#: (0.41 µs) and a SHA-256 (0.46 µs) gave ``os.urandom`` 99 % of the paused
-#: samples and 36 % of the unpaused ones: a paused process seems to stop at its
-#: next system call.
-CPU_OPTIONS = ("--nonblocking", "--rate", "1000")
-#: On the compiled build, whose functions only native stacks show: py-spy
-#: must pause the process to unwind them (milliseconds each, so sampling is
-#: rarer), and the shares of code that makes system calls are overstated.
-NATIVE_OPTIONS = ("--native", "--rate", "200")
 _REDIS_PY_READS = {"_read_from_socket", "read_response", "readline", "read", "_read_response"}
+#: CPython's C function that runs interpreted code (a native stack's only trace of it).
+_INTERPRETER_LOOP = "_PyEval_EvalFrameDefault"
 #: The lean path's function that blocks in ``recv``.
 _LEAN_READS = {"_fill"}
 _LIBRARIES = (
@@ -98,11 +87,14 @@ def child(seconds: float, slug: str, workload_name: str) -> None:
             # Until ``seconds`` have passed, not a number of batches: the batch was
             # sized under the profiler, whose pauses can make it far too small.
             requests, started = 0, time.perf_counter()
-            while requests == 0 or time.perf_counter() - started < seconds:
-                if case.workload.creates:
-                    case.target.clear()
-                run_batch(case.target.app, case.environ, batch)
-                requests += batch
+            with recorders.switch() as sample:  # perf samples the batches only
+                while requests == 0 or time.perf_counter() - started < seconds:
+                    if case.workload.creates:
+                        case.target.clear()
+                    sample(True)
+                    run_batch(case.target.app, case.environ, batch)
+                    sample(False)
+                    requests += batch
             elapsed = time.perf_counter() - started
             server = _server_time(server_before, _redis_command_stats()) if server_before else {}
             # Commands of the request path only (not connection set-up or this module's INFO).
@@ -207,13 +199,8 @@ def summarize(raw: str, measured: dict[str, t.Any]) -> str:
             continue
         total += count
         buckets[bucket(frames)] += count
-        seen = set()
-        for func, path in frames:
-            if "wsgi_session/" in path:
-                name = f"{path.split('wsgi_session/', 1)[1]}:{func}"
-                if name not in seen:
-                    seen.add(name)
-                    inclusive[name] += count
+        for name in _functions(frames):
+            inclusive[name] += count
     if not total:
         return "py-spy recorded no samples of the measured loop."
     per_request = seconds / requests * 1e6
@@ -263,36 +250,65 @@ def summarize(raw: str, measured: dict[str, t.Any]) -> str:
 def _recorded(measured: dict[str, t.Any], sample_count: int) -> str:
     requests, seconds = measured["requests"], measured["seconds"]
     return (
-        f"`py-spy record {measured['options']}` of the in-process `{measured['case']}` loop: "
+        f"`{measured['recorder']}` of the in-process `{measured['case']}` loop: "
         f"{requests:,} requests in {seconds:.1f} s under the profiler "
         f"({seconds / requests * 1e6:.1f} µs/request), {sample_count:,} samples of the request thread."
     )
 
 
+def _functions(frames: list[tuple[str, str]]) -> set[str]:
+    """The wsgi_session functions (``module:function``) anywhere in a stack."""
+    return {
+        f"{path.split('wsgi_session/', 1)[1].removesuffix('.py')}:{func}"
+        for func, path in frames
+        if "wsgi_session/" in path
+    }
+
+
 def owner(frames: list[tuple[str, str]]) -> str:
     """Who a CPU sample's time is charged to: the innermost wsgi_session
-    function (``module:function``), the benchmark app, or ``other``."""
+    function (``module:function``), the benchmark app, or ``other``.
+
+    In a ``perf`` stack (:mod:`benchmarks.recorders`) interpreted Python has
+    no frames of its own, only the interpreter's loop: time under such a
+    loop inside a compiled function (the app, called by the request path;
+    pure-Python library code) is charged as interpreted code that function
+    called."""
+    interpreted = False
     for func, path in reversed(frames):
         if "wsgi_session/" in path:
             module = path.split("wsgi_session/", 1)[1].removesuffix(".py")
-            return f"`{module}:{func.rsplit('.', 1)[-1] if '<' in func else func}`"
+            name = f"`{module}:{func.rsplit('.', 1)[-1] if '<' in func else func}`"
+            return f"interpreted Python called by {name}" if interpreted else name
         if "benchmarks/" in path:
             return "the benchmark app and loop"
+        interpreted = interpreted or func == _INTERPRETER_LOOP
     return "other"
 
 
 def summarize_cpu(raw: str, measured: dict[str, t.Any], top: int = 14) -> str:
-    """The Markdown summary of a case without I/O: CPU per owning function."""
+    """The Markdown summary of a case without I/O: CPU per owning function,
+    and the heaviest wsgi_session functions with what they call."""
     owners: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
     total = 0
     for thread, frames, count in samples(raw):
         if thread.startswith("wsgi-session") or not any(func == "run_batch" for func, _ in frames):
             continue
         total += count
         owners[owner(frames)] += count
+        for name in _functions(frames):
+            inclusive[name] += count
     if not total:
-        return "py-spy recorded no samples of the measured loop."
-    if "--nonblocking" in measured.get("options", ""):
+        return "The profiler recorded no samples of the measured loop."
+    recorder = measured.get("recorder", "")
+    if recorder.startswith("perf"):
+        how = (
+            "perf read them from the kernel's timer without stopping the process; Python code "
+            "that is not compiled (the benchmark's app and loop, `SessionMiddleware.__call__`) "
+            "has no frames of its own there and counts as the loop"
+        )
+    elif "--nonblocking" in recorder:
         how = "py-spy read them without pausing the process"
     else:
         how = (
@@ -308,79 +324,72 @@ def summarize_cpu(raw: str, measured: dict[str, t.Any], top: int = 14) -> str:
         "| :--- | ---: |",
     ]
     shown = owners.most_common(top)
-    for name, count in shown:
-        lines.append(f"| {name} | {count / total:.1%} |")
+    lines += [f"| {name} | {count / total:.1%} |" for name, count in shown]
     rest = total - sum(count for _, count in shown)
     if rest:
         lines.append(f"| {len(owners) - len(shown)} more | {rest / total:.1%} |")
+    lines += ["", "| wsgi_session function, with what it calls | share |", "| :--- | ---: |"]
+    lines += [f"| `{name}` | {count / total:.1%} |" for name, count in inclusive.most_common(top)]
     return "\n".join(lines)
 
 
-def with_py_spy(seconds: float, slug: str, workload_name: str) -> tuple[str, dict[str, float]]:
-    """Record the child with py-spy; the Markdown summary and the buckets' shares."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    with tempfile.TemporaryDirectory() as directory:
-        raw_path = Path(directory) / "profile.txt"
-        options = IO_OPTIONS if slug == "ws-redis" else CPU_OPTIONS
-        if is_compiled() and options is CPU_OPTIONS:
-            options = NATIVE_OPTIONS
-        command = [py_spy, "record", *options, "--threads", "--format", "raw"]
-        command += [
-            "-o",
-            str(raw_path),
-            "--",
-            sys.executable,
-            "-m",
-            "benchmarks.profiling",
-            "--child",
-            str(seconds),
-            "--case",
-            slug,
-            "--workload",
-            workload_name,
-        ]
-        completed = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 120, check=False
-        )
-        if completed.returncode != 0 or not raw_path.exists():
-            raise RuntimeError(f"py-spy failed: {completed.stderr[-1500:]}")
-        lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
-        if not lines:
-            raise RuntimeError(f"the profiled child printed no result: {completed.stdout[-500:]}")
-        measured = json.loads(lines[-1])
-        measured["options"] = " ".join(options)
-        raw = raw_path.read_text()
-        summary = summarize(raw, measured) if measured["waits_us"] else summarize_cpu(raw, measured)
-        return summary, measured
+def record_case(seconds: float, slug: str, workload_name: str) -> tuple[str, dict[str, float]]:
+    """Record the child with py-spy, or with ``perf`` for a case without I/O
+    on the compiled build where ``perf`` can run; the Markdown summary and
+    what the child measured."""
+    command = [sys.executable, "-m", "benchmarks.profiling", "--child", str(seconds)]
+    command += ["--case", slug, "--workload", workload_name]
+    options = recorders.IO_OPTIONS if slug == "ws-redis" else recorders.CPU_OPTIONS
+    if is_compiled() and options is recorders.CPU_OPTIONS and recorders.perf_available():
+        output, raw = recorders.perf(command, ROOT, timeout=seconds + 300)
+        recorder = f"perf record {' '.join(recorders.perf_options())}"
+    else:
+        if is_compiled() and options is recorders.CPU_OPTIONS:
+            options = recorders.NATIVE_OPTIONS
+        output, raw = recorders.py_spy(command, options, ROOT, timeout=seconds + 120)
+        recorder = f"py-spy record {' '.join(options)}"
+    lines = [line for line in output.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"the profiled child printed no result: {output[-500:]}")
+    measured = json.loads(lines[-1])
+    measured["recorder"] = recorder
+    summary = summarize(raw, measured) if measured["waits_us"] else summarize_cpu(raw, measured)
+    return summary, measured
 
 
 def run(seconds: float = 8.0) -> str:
-    """The profile summaries of :data:`CASES` (py-spy; a pointer to the
-    cProfile option when py-spy cannot run)."""
-    sections = []
+    """The profile summaries of :data:`CASES` (a pointer to the cProfile
+    option when they cannot be recorded)."""
+    sections, recorders = [], set()
     for slug, workload_name in CASES:
         try:
-            summary, measured = with_py_spy(seconds, slug, workload_name)
+            summary, measured = record_case(seconds, slug, workload_name)
         except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
             return (
-                f"py-spy could not profile ({exc}); "
+                f"The profiler could not run ({exc}); "
                 "`python benchmarks/inprocess.py --profile` profiles every case with cProfile."
             )
         sections.append(f"### {measured['case']}\n\n{summary}")
+        recorders.add(measured["recorder"].split()[0])
     if is_compiled():
-        sections.insert(0, _COMPILED_NOTE)
+        sections.insert(0, _COMPILED_NOTE + (_PERF_NOTE if "perf" in recorders else _NATIVE_NOTE))
     return "\n\n".join(sections)
 
 
 _COMPILED_NOTE = (
-    "*Compiled build:* the memory-store cases were sampled with `--native` (mypyc's C functions "
-    "charged as the functions they were compiled from; a small one the C compiler inlined counts "
-    "for its caller). py-spy pauses the process for each native sample, and a paused process "
-    "stops at its next entry into the kernel, so code that makes a system call (the new "
-    "visitor's `os.urandom` for the id, the app's for its tag) draws more samples than its "
-    "time: `benchmarks/pieces.py` times those pieces alone. The Redis case, `--nonblocking`, "
-    "cannot use `--native`: there compiled code (the session, the cache, the exchange) counts "
-    "for its nearest Python caller (the middleware, the benchmark app)."
+    "*Compiled build:* mypyc's C functions are charged as the functions they were compiled "
+    "from (a small one the C compiler inlined counts for its caller). "
+)
+_PERF_NOTE = (
+    "The memory-store cases were sampled by Linux `perf` (`benchmarks/recorders.py`), which "
+    "does not stop the process. The Redis case, py-spy `--nonblocking`, sees no native frames: "
+    "there compiled code counts for its nearest Python caller (the middleware, the benchmark app)."
+)
+_NATIVE_NOTE = (
+    "`perf` was not available, so the memory-store cases were sampled by py-spy `--native`, "
+    "which pauses the process for each sample, and a paused process stops at its next entry "
+    "into the kernel: code that makes a system call (the new visitor's `os.urandom`, the app's "
+    "tag) draws more samples than its time (`benchmarks/pieces.py` times those pieces alone)."
 )
 
 

@@ -24,7 +24,7 @@ _MEASURED = {
     "case": "wsgi_session[memory] / increment",
     "requests": 1000,
     "seconds": 0.02,
-    "options": "--rate 1000",
+    "recorder": "py-spy record --nonblocking --rate 1000",
 }
 
 
