@@ -7,12 +7,15 @@ not the ones imported, that run would test pure Python twice and pass.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import pickle
 import types
 import typing as t
 import weakref
 
+import pytest
 from core_testkit import call_wsgi, counter_view, make_config, set_cookies, view_app
 
 import wsgi_session
@@ -87,28 +90,54 @@ def test_the_middleware_stays_a_python_class_that_subclasses_extend() -> None:
 def test_the_records_built_on_every_write_have_compiled_constructors() -> None:
     """A dataclass's generated ``__init__`` is Python made at import time,
     which the compiled build would run interpreted on every construction;
-    the records write their own, which it compiles. Either way they build
-    alike, by position or by keyword (as ``dataclasses.replace`` does)."""
+    the records write their own, which it compiles."""
     for cls in (SessionRecord, SessionDiff):
         assert isinstance(cls.__init__, types.FunctionType) is not is_compiled()
-    record = SessionRecord("s" * 16, {"n": b"1"}, 1.0, 2.0)
-    assert (record.absolute, record.longterm, record.version, record.memo) == (None, False, 1, {})
-    assert SessionRecord("s" * 16, {}, 1.0, 2.0).memo is not record.memo  # a memo of its own
-    moved = dataclasses.replace(record, expires=3.0, memo=record.memo)
-    assert (moved.id, moved.values, moved.expires, moved.memo is record.memo) == (
-        record.id,
-        {"n": b"1"},
-        3.0,
-        True,
+
+
+_RECORD = SessionRecord("r" * 16, {"v": b"1"}, 1.0, 2.0)
+#: A distinct value of the right type for each field, in declaration order.
+_SAMPLES = {
+    SessionRecord: ["i" * 16, {"v": b"1"}, 1.0, 2.0, 3.0, True, 7, {"m": 1}],
+    SessionDiff: [
+        *("i" * 16, {"s": b"1"}, frozenset({"d"}), True, 2.0, 3.0, False, 4.0),
+        *(True, {"f": b"2"}, False, _RECORD, 5),
+    ],
+}
+
+
+@pytest.mark.parametrize("cls", [SessionRecord, SessionDiff])
+def test_a_record_takes_its_fields_in_order_with_their_declared_defaults(cls: type) -> None:
+    """The written ``__init__`` matches the declared fields: by position, by
+    keyword (as ``dataclasses.replace`` passes them) and in its defaults."""
+    fields, values = dataclasses.fields(cls), _SAMPLES[cls]
+    by_name = {field.name: value for field, value in zip(fields, values, strict=True)}
+    for built in (cls(*values), cls(**by_name)):
+        assert {name: getattr(built, name) for name in by_name} == by_name
+    required = [value for field, value in zip(fields, values, strict=True) if _no_default(field)]
+    first, second = cls(*required), cls(*required)
+    for field in fields[len(required) :]:
+        if field.default is not dataclasses.MISSING:
+            assert getattr(first, field.name) == field.default, field.name
+        else:  # a default factory: a fresh value for each record
+            assert getattr(first, field.name) == field.default_factory()
+            assert getattr(first, field.name) is not getattr(second, field.name)
+
+
+def _no_default(field: dataclasses.Field[t.Any]) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def test_records_survive_copy_and_pickle() -> None:
+    """A compiled class with its own ``__init__`` cannot be made bare, which
+    is how copy and pickle rebuild objects unless told otherwise."""
+    record = SessionRecord("s" * 16, {"n": b"1"}, 1.0, 2.0, 3.0, True, 7, {"n": 1})
+    diff = SessionDiff(
+        "s" * 16, {"n": b"2"}, frozenset({"x"}), True, 2.0, None, True, 1.0, True, None, True, record, 3
     )
-    diff = SessionDiff("s" * 16, {"n": b"2"}, frozenset(), False, 2.0, None, False, 1.0)
-    assert (diff.create, diff.defaults, diff.local_only, diff.base, diff.span) == (
-        False,
-        None,
-        False,
-        None,
-        1,
-    )
-    assert dataclasses.replace(diff, create=True, span=2) == SessionDiff(
-        "s" * 16, {"n": b"2"}, frozenset(), False, 2.0, None, False, 1.0, True, None, False, None, 2
-    )
+    for original in (record, diff):
+        for clone in (copy.copy(original), copy.deepcopy(original), pickle.loads(pickle.dumps(original))):
+            assert type(clone) is type(original)
+            assert dataclasses.astuple(clone) == dataclasses.astuple(original)
+    assert copy.copy(record).memo is record.memo
+    assert copy.deepcopy(record).memo == {"n": 1}

@@ -19,7 +19,10 @@ Each class writes its ``__init__`` itself (``init=False``) rather than let
 :mod:`dataclasses` generate one: the compiled build compiles a written
 ``__init__``, but a generated one is Python code made at import time, which
 ran interpreted on every construction (a profile of the compiled new visitor
-put 5 % of its time there, two constructions per write).
+put 5 % of its time there, two constructions per write). A compiled class
+with its own ``__init__`` cannot be made bare (``cls.__new__(cls)``), which
+is how :mod:`copy` and :mod:`pickle` rebuild an object, so each class says
+how to rebuild it (``__reduce__``).
 
 The code that builds one on every request passes the fields by position:
 calling a class with keywords makes CPython collect them into a dict first,
@@ -89,6 +92,11 @@ class SessionRecord:
         self.longterm = longterm
         self.version = version
         self.memo = {} if memo is None else memo
+
+    def __reduce__(self) -> tuple[type[SessionRecord], tuple[t.Any, ...]]:
+        # copy and pickle rebuild it through __init__: the compiled build's
+        # instances cannot be made bare and filled in afterwards.
+        return type(self), tuple(getattr(self, name) for name in _RECORD_FIELDS)
 
     @property
     def deadline(self) -> float:
@@ -180,10 +188,19 @@ class SessionDiff:
         self.base = base
         self.span = span
 
+    def __reduce__(self) -> tuple[type[SessionDiff], tuple[t.Any, ...]]:
+        # As SessionRecord's.
+        return type(self), tuple(getattr(self, name) for name in _DIFF_FIELDS)
+
     @property
     def is_touch(self) -> bool:
         """Whether only the deadlines of an existing record change."""
         return not (self.create or self.set or self.delete or self.clear or self.defaults)
+
+
+#: Each class's fields, in the order its ``__init__`` takes them.
+_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(SessionRecord))
+_DIFF_FIELDS = tuple(field.name for field in dataclasses.fields(SessionDiff))
 
 
 def apply_diff(record: SessionRecord | None, diff: SessionDiff) -> SessionRecord | None:
