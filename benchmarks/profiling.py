@@ -1,9 +1,10 @@
-"""Where the time of a request goes: py-spy profiles of three in-process cases.
+"""Where the time of a request goes: profiles of three in-process cases.
 
 A child process runs one in-process case in a loop for a few seconds while
-``py-spy`` samples it from outside (no instrumentation in the process, so the
-numbers are not inflated the way cProfile's are), with ``--idle`` so that
-time blocked on a socket is seen too. Three cases are profiled:
+``py-spy`` (or ``perf``, see below) samples it from outside (no
+instrumentation in the process, so the numbers are not inflated the way
+cProfile's are), with ``--idle`` so that time blocked on a socket is seen
+too. Three cases are profiled:
 
 ``wsgi_session[redis] / increment`` (strict mode)
     Each sample of the request thread inside the measured loop is put in one
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import statistics
 import subprocess
@@ -47,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import recorders
 from benchmarks.settings import ROOT
-from benchmarks.stacks import samples
+from benchmarks.stacks import module_of, samples
 from wsgi_session._mypyc import is_compiled
 
 #: The profiled cases: (subject slug, workload constant of benchmarks.workloads).
@@ -86,16 +88,18 @@ def child(seconds: float, slug: str, workload_name: str) -> None:
             server_before = _redis_command_stats() if subject.store == "redis" else {}
             # Until ``seconds`` have passed, not a number of batches: the batch was
             # sized under the profiler, whose pauses can make it far too small.
-            requests, started = 0, time.perf_counter()
-            with recorders.switch() as sample:  # perf samples the batches only
+            # The batches are timed (and, under perf, sampled) alone: without
+            # the emptying of the store between them, as in benchmarks.inprocess.
+            requests, batches_ns, started = 0, 0, time.perf_counter()
+            with recorders.switch() as sample:
                 while requests == 0 or time.perf_counter() - started < seconds:
                     if case.workload.creates:
                         case.target.clear()
                     sample(True)
-                    run_batch(case.target.app, case.environ, batch)
+                    batches_ns += run_batch(case.target.app, case.environ, batch)
                     sample(False)
                     requests += batch
-            elapsed = time.perf_counter() - started
+            elapsed = batches_ns / 1e9
             server = _server_time(server_before, _redis_command_stats()) if server_before else {}
             # Commands of the request path only (not connection set-up or this module's INFO).
             waits = {name: values for name, values in waits.items() if len(values) >= requests // 2}
@@ -177,8 +181,7 @@ def bucket(frames: list[tuple[str, str]]) -> str:
         for marker, name in _LIBRARIES:
             if marker in path:
                 if name is None:
-                    module = path.split("wsgi_session/", 1)[1].removesuffix(".py").replace("/", ".")
-                    return f"CPU: wsgi_session.{module}"
+                    return f"CPU: wsgi_session.{str(module_of(path)).replace('/', '.')}"
                 return f"CPU: {name}"
     return "CPU: other"
 
@@ -258,11 +261,7 @@ def _recorded(measured: dict[str, t.Any], sample_count: int) -> str:
 
 def _functions(frames: list[tuple[str, str]]) -> set[str]:
     """The wsgi_session functions (``module:function``) anywhere in a stack."""
-    return {
-        f"{path.split('wsgi_session/', 1)[1].removesuffix('.py')}:{func}"
-        for func, path in frames
-        if "wsgi_session/" in path
-    }
+    return {f"{module}:{func}" for func, path in frames if (module := module_of(path)) is not None}
 
 
 def owner(frames: list[tuple[str, str]]) -> str:
@@ -271,18 +270,19 @@ def owner(frames: list[tuple[str, str]]) -> str:
 
     In a ``perf`` stack (:mod:`benchmarks.recorders`) interpreted Python has
     no frames of its own, only the interpreter's loop: time under such a
-    loop inside a compiled function (the app, called by the request path;
-    pure-Python library code) is charged as interpreted code that function
-    called."""
+    loop inside a compiled function (the app's view, called by the request
+    path; pure-Python library code) is charged as interpreted code that
+    function called."""
     interpreted = False
     for func, path in reversed(frames):
-        if "wsgi_session/" in path:
-            module = path.split("wsgi_session/", 1)[1].removesuffix(".py")
+        module = module_of(path)
+        if module is not None:
             name = f"`{module}:{func.rsplit('.', 1)[-1] if '<' in func else func}`"
             return f"interpreted Python called by {name}" if interpreted else name
         if "benchmarks/" in path:
             return "the benchmark app and loop"
-        interpreted = interpreted or func == _INTERPRETER_LOOP
+        # (``.cold``: the part of it the C compiler moved out of line)
+        interpreted = interpreted or func.split(".", 1)[0] == _INTERPRETER_LOOP
     return "other"
 
 
@@ -304,9 +304,10 @@ def summarize_cpu(raw: str, measured: dict[str, t.Any], top: int = 14) -> str:
     recorder = measured.get("recorder", "")
     if recorder.startswith("perf"):
         how = (
-            "perf read them from the kernel's timer without stopping the process; Python code "
-            "that is not compiled (the benchmark's app and loop, `SessionMiddleware.__call__`) "
-            "has no frames of its own there and counts as the loop"
+            "perf read them from the kernel's timer without stopping the process; interpreted "
+            "code has no frames of its own there: the loop and `SessionMiddleware.__call__` "
+            "count as the benchmark's loop, the app's view as interpreted Python called by "
+            "the request path"
         )
     elif "--nonblocking" in recorder:
         how = "py-spy read them without pausing the process"
@@ -333,21 +334,24 @@ def summarize_cpu(raw: str, measured: dict[str, t.Any], top: int = 14) -> str:
     return "\n".join(lines)
 
 
-def record_case(seconds: float, slug: str, workload_name: str) -> tuple[str, dict[str, float]]:
+def record_case(seconds: float, slug: str, workload_name: str) -> tuple[str, dict[str, t.Any]]:
     """Record the child with py-spy, or with ``perf`` for a case without I/O
-    on the compiled build where ``perf`` can run; the Markdown summary and
-    what the child measured."""
+    on the compiled build where ``perf`` can run (py-spy ``--native`` where
+    it cannot, or fails); the Markdown summary and what the child measured."""
     command = [sys.executable, "-m", "benchmarks.profiling", "--child", str(seconds)]
     command += ["--case", slug, "--workload", workload_name]
     options = recorders.IO_OPTIONS if slug == "ws-redis" else recorders.CPU_OPTIONS
-    if is_compiled() and options is recorders.CPU_OPTIONS and recorders.perf_available():
-        output, raw = recorders.perf(command, ROOT, timeout=seconds + 300)
-        recorder = f"perf record {' '.join(recorders.perf_options())}"
-    else:
-        if is_compiled() and options is recorders.CPU_OPTIONS:
-            options = recorders.NATIVE_OPTIONS
-        output, raw = recorders.py_spy(command, options, ROOT, timeout=seconds + 120)
+    recorded = None
+    if is_compiled() and options is recorders.CPU_OPTIONS:
+        options = recorders.NATIVE_OPTIONS
+        if recorders.perf_available():
+            with contextlib.suppress(RuntimeError, subprocess.SubprocessError):
+                recorded = recorders.perf(command, ROOT, timeout=seconds + 300)
+                recorder = f"perf record {' '.join(recorders.perf_options())}"
+    if recorded is None:
+        recorded = recorders.py_spy(command, options, ROOT, timeout=seconds + 120)
         recorder = f"py-spy record {' '.join(options)}"
+    output, raw = recorded
     lines = [line for line in output.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"the profiled child printed no result: {output[-500:]}")
@@ -360,7 +364,7 @@ def record_case(seconds: float, slug: str, workload_name: str) -> tuple[str, dic
 def run(seconds: float = 8.0) -> str:
     """The profile summaries of :data:`CASES` (a pointer to the cProfile
     option when they cannot be recorded)."""
-    sections, recorders = [], set()
+    sections, used = [], set()
     for slug, workload_name in CASES:
         try:
             summary, measured = record_case(seconds, slug, workload_name)
@@ -370,31 +374,14 @@ def run(seconds: float = 8.0) -> str:
                 "`python benchmarks/inprocess.py --profile` profiles every case with cProfile."
             )
         sections.append(f"### {measured['case']}\n\n{summary}")
-        recorders.add(measured["recorder"].split()[0])
+        used.add(measured["recorder"].split()[0])
     if is_compiled():
-        sections.insert(0, _COMPILED_NOTE + (_PERF_NOTE if "perf" in recorders else _NATIVE_NOTE))
+        sections.insert(0, recorders.compiled_note(perf_used="perf" in used))
     return "\n\n".join(sections)
 
 
-_COMPILED_NOTE = (
-    "*Compiled build:* mypyc's C functions are charged as the functions they were compiled "
-    "from (a small one the C compiler inlined counts for its caller). "
-)
-_PERF_NOTE = (
-    "The memory-store cases were sampled by Linux `perf` (`benchmarks/recorders.py`), which "
-    "does not stop the process. The Redis case, py-spy `--nonblocking`, sees no native frames: "
-    "there compiled code counts for its nearest Python caller (the middleware, the benchmark app)."
-)
-_NATIVE_NOTE = (
-    "`perf` was not available, so the memory-store cases were sampled by py-spy `--native`, "
-    "which pauses the process for each sample, and a paused process stops at its next entry "
-    "into the kernel: code that makes a system call (the new visitor's `os.urandom`, the app's "
-    "tag) draws more samples than its time (`benchmarks/pieces.py` times those pieces alone)."
-)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Profile in-process cases with py-spy.")
+    parser = argparse.ArgumentParser(description="Profile in-process cases with py-spy or perf.")
     parser.add_argument("--seconds", type=float, default=8.0, help="how long to sample each case (8)")
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)

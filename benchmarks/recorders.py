@@ -1,9 +1,9 @@
 """Recording a profiled child from outside: py-spy, or Linux ``perf``.
 
 Both record a child process that runs one in-process case in a loop
-(:func:`benchmarks.profiling.child`), with nothing added inside it, and hand
-back its stacks in py-spy's raw format (:mod:`benchmarks.stacks`), so the
-same summaries read either.
+(:func:`benchmarks.profiling.child`) and hand back its stacks in py-spy's raw
+format (:mod:`benchmarks.stacks`), so the same summaries read either. The
+child's only part in it is to tell ``perf`` when its measured batches run.
 
 **Pausing.** py-spy reads Python frames without stopping the process
 (``--nonblocking``), but the C frames of the compiled build only with
@@ -14,14 +14,17 @@ SHA-256 (0.46 µs), ``os.urandom`` drew 99 % of the paused samples and 36 % of
 the unpaused ones. ``perf`` samples from the kernel's timer (``cpu-clock``,
 so it needs no hardware counters) and unwinds each stack afterwards from a
 copy of its top (``--call-graph dwarf``): the process never waits, and a C
-function's share of the samples is its share of the time.
+function's share of the samples is its share of the time, the kernel's
+included.
 
 **What perf cannot name.** CPython 3.11 runs Python code inside its
-interpreter loop, with no native frame per Python function (that came in
-3.12), so interpreted code shows as the interpreter's own C functions. In
-the memory-store cases that is the benchmark's app and loop and the
+interpreter loop, with no native frame per Python function (3.12 can add
+them, with ``-X perf``), so interpreted code shows as the interpreter's own
+C functions. In the memory-store cases that is the benchmark's loop, the
 middleware's pure-Python ``SessionMiddleware.__call__`` (one call into the
-compiled request path); :func:`raw_stacks` charges those samples to the loop.
+compiled request path) and the app's view, which the compiled path calls;
+:func:`benchmarks.profiling.owner` charges the first two to the loop and the
+view as interpreted code called by the compiled function that called it.
 
 The child under ``perf`` starts with sampling off (``--delay=-1``) and turns
 it on for each batch of its measured loop only, through ``perf``'s control
@@ -29,9 +32,11 @@ FIFO (:func:`switch`), so imports, set-up and the emptying of the store
 between batches (which the in-process benchmark does not time either) are
 not in the profile.
 
-``perf`` comes with Debian's ``linux-perf`` package and needs a kernel that
-lets a user profile their own processes (``kernel.perf_event_paranoid`` at
-most 2, the default).
+``perf`` comes with Debian's ``linux-perf`` package. It must be allowed to
+sample the kernel too, or system calls would be under-counted instead: run
+as root, or with ``kernel.perf_event_paranoid`` at most 1 (at 2 an
+unprivileged user's samples leave the kernel out; at 3, Debian's default,
+there are none). :func:`perf_available` checks both.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import collections
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,16 +61,16 @@ CPU_OPTIONS = ("--nonblocking", "--rate", "1000")
 #: For a case without I/O on the compiled build when ``perf`` cannot run:
 #: paused, so its shares of code that makes system calls are overstated.
 NATIVE_OPTIONS = ("--native", "--rate", "200")
-#: ``perf``'s samples per second: ``dwarf`` unwinding copies 16 KB of stack per sample,
-#: so a few seconds at this rate stay within tens of megabytes.
+#: ``perf``'s samples per second. ``dwarf`` unwinding copies 16 KB of stack
+#: per sample: an 8 s case writes about 130 MB to the temporary directory.
 RATE = 999
-#: The environment variable that tells the child where ``perf``'s control and
-#: acknowledgement FIFOs are (``control:ack``).
-CONTROL_ENV = "BENCH_PERF_CONTROL"
+#: The environment variable that tells the child which directory holds
+#: ``perf``'s FIFOs (:data:`CONTROL` and :data:`ACK`).
+CONTROL_ENV = "BENCH_PERF_FIFOS"
+CONTROL, ACK = "control", "ack"
 #: The frame put under every sample of the measured loop's thread: it is what
 #: marks a sample as one of the loop for the summaries (as the real
-#: ``run_batch`` frame does in py-spy's stacks), and what interpreted code is
-#: charged to.
+#: ``run_batch`` frame does in py-spy's stacks).
 LOOP_FRAME = "run_batch (benchmarks/cases.py)"
 
 
@@ -75,30 +81,35 @@ def py_spy(command: list[str], options: tuple[str, ...], cwd: Path, timeout: flo
     with tempfile.TemporaryDirectory() as directory:
         raw_path = Path(directory) / "profile.txt"
         recorder = [py_spy, "record", *options, "--threads", "--format", "raw", "-o", str(raw_path), "--"]
-        completed = subprocess.run(
-            [*recorder, *command], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if completed.returncode != 0 or not raw_path.exists():
-            raise RuntimeError(f"py-spy failed: {completed.stderr[-1500:]}")
-        return completed.stdout, raw_path.read_text()
+        code, output, errors = _run([*recorder, *command], cwd, timeout)
+        if code != 0 or not raw_path.exists():
+            raise RuntimeError(f"py-spy failed: {errors[-1500:]}")
+        return output, raw_path.read_text()
 
 
 def perf_available() -> bool:
-    """Whether ``perf`` is installed and may sample this user's processes."""
-    perf = shutil.which("perf")
-    if perf is None:
+    """Whether ``perf`` is installed and may sample this user's processes,
+    the kernel's part of them included, with the options :func:`perf` uses."""
+    executable = shutil.which("perf")
+    if executable is None:
         return False
-    with tempfile.TemporaryDirectory() as directory:
-        probe = [perf, "record", "-q", "-e", "cpu-clock", "-o", str(Path(directory) / "probe"), "--", "true"]
+    if os.geteuid() != 0:
         try:
-            completed = subprocess.run(probe, capture_output=True, timeout=30, check=False)
+            paranoid = int(Path("/proc/sys/kernel/perf_event_paranoid").read_text())
+        except (OSError, ValueError):
+            return False
+        if paranoid > 1:
+            return False
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            code, _, _ = _run(_perf_record(executable, Path(directory), ["true"]), Path(directory), 60)
         except (OSError, subprocess.SubprocessError):
             return False
-        return completed.returncode == 0
+        return code == 0
 
 
 def perf_options(rate: int = RATE) -> tuple[str, ...]:
-    """``perf record``'s options, as the report quotes them."""
+    """``perf record``'s sampling options, as the report quotes them."""
     return ("-e", "cpu-clock", "-F", str(rate), "--call-graph", "dwarf,16384")
 
 
@@ -109,44 +120,79 @@ def perf(command: list[str], cwd: Path, timeout: float, rate: int = RATE) -> tup
     executable = shutil.which("perf") or "perf"
     with tempfile.TemporaryDirectory() as directory:
         folder = Path(directory)
-        control, ack, data = folder / "control", folder / "ack", folder / "perf.data"
-        os.mkfifo(control)
-        os.mkfifo(ack)
-        recorder = [executable, "record", "-q", *perf_options(rate), "--delay=-1"]
-        recorder += [f"--control=fifo:{control},{ack}", "-o", str(data), "--", *command]
-        env = {**os.environ, CONTROL_ENV: f"{control}:{ack}"}
-        completed = subprocess.run(
-            recorder, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if completed.returncode != 0 or not data.exists():
-            raise RuntimeError(f"perf record failed: {completed.stderr[-1500:]}")
-        script = subprocess.run(
-            [executable, "script", "-i", str(data), "-F", "pid,tid,ip,sym,dso"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if script.returncode != 0:
-            raise RuntimeError(f"perf script failed: {script.stderr[-1500:]}")
-        return completed.stdout, raw_stacks(script.stdout)
+        env = {**os.environ, CONTROL_ENV: str(folder)}
+        code, output, errors = _run(_perf_record(executable, folder, command, rate), cwd, timeout, env)
+        if code != 0 or not (folder / "perf.data").exists():
+            raise RuntimeError(f"perf record failed: {errors[-1500:]}")
+        script = [executable, "script", "-i", str(folder / "perf.data"), "-F", "pid,tid,ip,sym,dso"]
+        code, text, errors = _run(script, folder, timeout)
+        if code != 0:
+            raise RuntimeError(f"perf script failed: {errors[-1500:]}")
+        return output, raw_stacks(text)
+
+
+def _perf_record(executable: str, folder: Path, command: list[str], rate: int = RATE) -> list[str]:
+    """``perf record`` of ``command`` into ``folder``: sampling off until the
+    control FIFO turns it on, and no copies of the sampled libraries in
+    ``~/.debug`` (``-N``)."""
+    os.mkfifo(folder / CONTROL)
+    os.mkfifo(folder / ACK)
+    return [
+        *(executable, "record", "-q", "-N", *perf_options(rate), "--delay=-1"),
+        f"--control=fifo:{folder / CONTROL},{folder / ACK}",
+        *("-o", str(folder / "perf.data"), "--", *command),
+    ]
+
+
+def _run(
+    command: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run ``command`` in a session of its own: its exit code, output and
+    errors. On a timeout the whole session is killed (the recorder and the
+    child it started), then :class:`subprocess.TimeoutExpired` is raised."""
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, errors = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return process.returncode, output, errors
 
 
 @contextlib.contextmanager
 def switch() -> t.Iterator[t.Callable[[bool], None]]:
     """A switch that turns ``perf``'s sampling on (``True``) and off, when
-    this process runs under :func:`perf`; otherwise one that does nothing."""
-    fifos = os.environ.get(CONTROL_ENV)
-    if not fifos:
+    this process runs under :func:`perf`; otherwise one that does nothing.
+
+    The FIFOs are opened without waiting: if ``perf`` is gone (or the
+    variable was left over from another run) there is nobody at the other
+    end, and this raises instead of blocking for good; so does a FIFO
+    that ``perf`` closes without an answer."""
+    folder = os.environ.get(CONTROL_ENV)
+    if not folder:
         yield lambda on: None
         return
-    control_path, ack_path = fifos.split(":")
-    with open(control_path, "w") as control, open(ack_path) as ack:
+    # Without a reader, opening for writing without waiting fails (ENXIO).
+    control_fd = os.open(Path(folder) / CONTROL, os.O_WRONLY | os.O_NONBLOCK)
+    ack_fd = os.open(Path(folder) / ACK, os.O_RDONLY | os.O_NONBLOCK)
+    os.set_blocking(control_fd, True)
+    os.set_blocking(ack_fd, True)
+    with open(control_fd, "w") as control, open(ack_fd) as ack:
 
         def turn(on: bool) -> None:
             control.write("enable\n" if on else "disable\n")
             control.flush()
-            ack.readline()  # perf has done it
+            if not ack.readline():
+                raise RuntimeError("perf closed its control FIFO without acknowledging")
 
         try:
             yield turn
@@ -159,12 +205,16 @@ def raw_stacks(script: str) -> str:
 
     A sample's header is ``pid/tid``, followed by its frames innermost
     first, ``address symbol (object)``; inlined functions share their
-    caller's address. The thread whose id is the process's (the main
-    thread, which runs the measured loop) is labelled ``MainThread`` and
-    gets :data:`LOOP_FRAME` at its root; any other is ``thread-<tid>``.
+    caller's address. The thread whose id is its process's (the main
+    thread, which runs the measured loop; the profiled child starts no
+    processes of its own) is labelled ``MainThread`` and gets
+    :data:`LOOP_FRAME` at its root; any other is ``thread-<tid>``. A sample
+    without frames (no call chain) is left out.
     """
     counts: collections.Counter[str] = collections.Counter()
     for header, frames in _samples(script):
+        if not frames:
+            continue
         pid, _, tid = header.partition("/")
         if pid == tid:
             line = [f"thread ({tid}): MainThread", LOOP_FRAME]
@@ -193,3 +243,26 @@ def _samples(script: str) -> t.Iterator[tuple[str, list[str]]]:
         frames.append(frame.replace(";", ","))
     if header is not None:
         yield header, frames
+
+
+def compiled_note(perf_used: bool) -> str:
+    """What the report says of how the compiled build's profiles were recorded."""
+    return _COMPILED_NOTE + (_PERF_NOTE if perf_used else _NATIVE_NOTE)
+
+
+_COMPILED_NOTE = (
+    "*Compiled build:* mypyc's C functions are charged as the functions they were compiled "
+    "from (a small one the C compiler inlined counts for its caller). The Redis case, py-spy "
+    "`--nonblocking`, sees no native frames: there compiled code counts for its nearest Python "
+    "caller (the middleware, the benchmark app). "
+)
+_PERF_NOTE = (
+    "The memory-store cases were sampled by Linux `perf` (`benchmarks/recorders.py`), which "
+    "does not stop the process."
+)
+_NATIVE_NOTE = (
+    "`perf` could not run, so the memory-store cases were sampled by py-spy `--native`, "
+    "which pauses the process for each sample, and a paused process stops at its next entry "
+    "into the kernel: code that makes a system call (the new visitor's `os.urandom`, the app's "
+    "tag) draws more samples than its time (`benchmarks/pieces.py` times those pieces alone)."
+)

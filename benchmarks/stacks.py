@@ -32,6 +32,13 @@ _CLASS = re.compile(r"^_?[A-Z][A-Za-z0-9]*$")
 _FREED = re.compile(r"^(?P<cls>_?[A-Z][A-Za-z0-9]*)_clear$")
 
 
+def module_of(path: str) -> str | None:
+    """The wsgi_session module a frame's path is in (``stores/redis``), or
+    ``None`` for a path outside the package."""
+    _, marker, rest = path.partition("wsgi_session/")
+    return rest.removesuffix(".py") if marker else None
+
+
 def samples(raw: str) -> t.Iterator[tuple[str, list[tuple[str, str]], int]]:
     """Each stack of a py-spy raw recording: thread, frames, sample count."""
     for line in raw.splitlines():
