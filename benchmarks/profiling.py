@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import statistics
 import subprocess
@@ -345,9 +344,11 @@ def record_case(seconds: float, slug: str, workload_name: str) -> tuple[str, dic
     if is_compiled() and options is recorders.CPU_OPTIONS:
         options = recorders.NATIVE_OPTIONS
         if recorders.perf_available():
-            with contextlib.suppress(RuntimeError, subprocess.SubprocessError):
+            try:
                 recorded = recorders.perf(command, ROOT, timeout=seconds + 300)
                 recorder = f"perf record {' '.join(recorders.perf_options())}"
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                print(f"perf failed, recording with py-spy --native instead: {exc}", file=sys.stderr)
     if recorded is None:
         recorded = recorders.py_spy(command, options, ROOT, timeout=seconds + 120)
         recorder = f"py-spy record {' '.join(options)}"
@@ -374,9 +375,10 @@ def run(seconds: float = 8.0) -> str:
                 "`python benchmarks/inprocess.py --profile` profiles every case with cProfile."
             )
         sections.append(f"### {measured['case']}\n\n{summary}")
-        used.add(measured["recorder"].split()[0])
+        used.add(measured["recorder"])
     if is_compiled():
-        sections.insert(0, recorders.compiled_note(perf_used="perf" in used))
+        perf, native = (any(word in recorder for recorder in used) for word in ("perf record", "--native"))
+        sections.insert(0, recorders.compiled_note(perf, native))
     return "\n\n".join(sections)
 
 

@@ -88,24 +88,35 @@ def py_spy(command: list[str], options: tuple[str, ...], cwd: Path, timeout: flo
 
 
 def perf_available() -> bool:
-    """Whether ``perf`` is installed and may sample this user's processes,
-    the kernel's part of them included, with the options :func:`perf` uses."""
+    """Whether ``perf`` can record the way :func:`perf` does (see :func:`perf_problem`)."""
+    return perf_problem() is None
+
+
+def perf_problem() -> str | None:
+    """Why ``perf`` cannot record the way :func:`perf` does, or ``None`` if it
+    can: installed, allowed to sample this user's processes, the kernel's
+    part of them included (a user without the privilege gets user-space
+    samples only, silently: the probe's recording says so), with the same
+    options."""
     executable = shutil.which("perf")
     if executable is None:
-        return False
-    if os.geteuid() != 0:
-        try:
-            paranoid = int(Path("/proc/sys/kernel/perf_event_paranoid").read_text())
-        except (OSError, ValueError):
-            return False
-        if paranoid > 1:
-            return False
+        return "perf is not installed (apt-get install linux-perf)"
     with tempfile.TemporaryDirectory() as directory:
+        folder = Path(directory)
         try:
-            code, _, _ = _run(_perf_record(executable, Path(directory), ["true"]), Path(directory), 60)
-        except (OSError, subprocess.SubprocessError):
-            return False
-        return code == 0
+            code, _, errors = _run(_perf_record(executable, folder, ["true"]), folder, 60)
+            if code != 0:
+                return f"perf record failed: {errors.strip()[-300:]}"
+            code, events, errors = _run([executable, "evlist", "-v", "-i", "perf.data"], folder, 60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"perf could not run: {exc}"
+        if code != 0:
+            return f"perf evlist failed: {errors.strip()[-300:]}"
+        if "exclude_kernel: 1" in events:
+            return (
+                "perf may not sample the kernel here: run as root, or lower kernel.perf_event_paranoid to 1"
+            )
+    return None
 
 
 def perf_options(rate: int = RATE) -> tuple[str, ...]:
@@ -148,8 +159,9 @@ def _run(
     command: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
 ) -> tuple[int, str, str]:
     """Run ``command`` in a session of its own: its exit code, output and
-    errors. On a timeout the whole session is killed (the recorder and the
-    child it started), then :class:`subprocess.TimeoutExpired` is raised."""
+    errors. On a timeout (or any other exception while waiting, such as
+    :class:`KeyboardInterrupt`) the whole session is killed, the recorder and
+    the child it started, and the exception goes on."""
     process = subprocess.Popen(
         command,
         cwd=cwd,
@@ -161,8 +173,9 @@ def _run(
     )
     try:
         output, errors = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    except BaseException:  # a timeout, or Ctrl-C, which the session no longer receives
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         raise
     return process.returncode, output, errors
@@ -175,29 +188,42 @@ def switch() -> t.Iterator[t.Callable[[bool], None]]:
 
     The FIFOs are opened without waiting: if ``perf`` is gone (or the
     variable was left over from another run) there is nobody at the other
-    end, and this raises instead of blocking for good; so does a FIFO
-    that ``perf`` closes without an answer."""
+    end, and this raises instead of blocking for good. An end of file on
+    the acknowledgement FIFO means ``perf`` has exited, and raises too."""
     folder = os.environ.get(CONTROL_ENV)
     if not folder:
         yield lambda on: None
         return
     # Without a reader, opening for writing without waiting fails (ENXIO).
-    control_fd = os.open(Path(folder) / CONTROL, os.O_WRONLY | os.O_NONBLOCK)
-    ack_fd = os.open(Path(folder) / ACK, os.O_RDONLY | os.O_NONBLOCK)
-    os.set_blocking(control_fd, True)
-    os.set_blocking(ack_fd, True)
-    with open(control_fd, "w") as control, open(ack_fd) as ack:
+    control = os.open(Path(folder) / CONTROL, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        ack = os.open(Path(folder) / ACK, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        os.close(control)
+        raise
+    try:
+        os.set_blocking(control, True)
+        os.set_blocking(ack, True)
 
         def turn(on: bool) -> None:
-            control.write("enable\n" if on else "disable\n")
-            control.flush()
-            if not ack.readline():
-                raise RuntimeError("perf closed its control FIFO without acknowledging")
+            os.write(control, b"enable\n" if on else b"disable\n")
+            answer = b""
+            while b"\n" not in answer:  # perf writes "ack\n" and its C string's NUL
+                chunk = os.read(ack, 64)
+                if not chunk:
+                    raise RuntimeError("perf exited without acknowledging a command")
+                answer += chunk
 
         try:
             yield turn
-        finally:
-            turn(False)
+        except BaseException:
+            with contextlib.suppress(OSError, RuntimeError):  # keep the first error
+                turn(False)
+            raise
+        turn(False)
+    finally:
+        os.close(control)
+        os.close(ack)
 
 
 def raw_stacks(script: str) -> str:
@@ -245,9 +271,10 @@ def _samples(script: str) -> t.Iterator[tuple[str, list[str]]]:
         yield header, frames
 
 
-def compiled_note(perf_used: bool) -> str:
-    """What the report says of how the compiled build's profiles were recorded."""
-    return _COMPILED_NOTE + (_PERF_NOTE if perf_used else _NATIVE_NOTE)
+def compiled_note(perf: bool, native: bool) -> str:
+    """What the report says of how the compiled build's profiles were
+    recorded, given whether ``perf`` and py-spy ``--native`` recorded any."""
+    return (_COMPILED_NOTE + (_PERF_NOTE if perf else "") + (_NATIVE_NOTE if native else "")).rstrip()
 
 
 _COMPILED_NOTE = (
@@ -257,11 +284,11 @@ _COMPILED_NOTE = (
     "caller (the middleware, the benchmark app). "
 )
 _PERF_NOTE = (
-    "The memory-store cases were sampled by Linux `perf` (`benchmarks/recorders.py`), which "
-    "does not stop the process."
+    "Memory-store cases headed `perf record` were sampled by Linux `perf` "
+    "(`benchmarks/recorders.py`), which does not stop the process. "
 )
 _NATIVE_NOTE = (
-    "`perf` could not run, so the memory-store cases were sampled by py-spy `--native`, "
+    "Those headed `py-spy record --native` (where `perf` could not run) were sampled by py-spy, "
     "which pauses the process for each sample, and a paused process stops at its next entry "
     "into the kernel: code that makes a system call (the new visitor's `os.urandom`, the app's "
     "tag) draws more samples than its time (`benchmarks/pieces.py` times those pieces alone)."

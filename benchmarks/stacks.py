@@ -35,7 +35,7 @@ _FREED = re.compile(r"^(?P<cls>_?[A-Z][A-Za-z0-9]*)_clear$")
 def module_of(path: str) -> str | None:
     """The wsgi_session module a frame's path is in (``stores/redis``), or
     ``None`` for a path outside the package."""
-    _, marker, rest = path.partition("wsgi_session/")
+    _, marker, rest = path.rpartition("wsgi_session/")
     return rest.removesuffix(".py") if marker else None
 
 

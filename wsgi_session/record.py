@@ -198,8 +198,10 @@ class SessionDiff:
         return not (self.create or self.set or self.delete or self.clear or self.defaults)
 
 
-#: Each class's fields, in the order its ``__init__`` takes them.
-_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(SessionRecord))
+#: Each class's fields, in the order its ``__init__`` takes them: what a copy
+#: or a pickle is rebuilt from. (A record's memo is left out: a cache of decoded
+#: values, which may hold the manager's marker object, it starts empty again.)
+_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(SessionRecord) if field.name != "memo")
 _DIFF_FIELDS = tuple(field.name for field in dataclasses.fields(SessionDiff))
 
 
