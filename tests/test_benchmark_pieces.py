@@ -32,4 +32,6 @@ def test_the_report_lists_each_piece_and_their_sum(capsys: pytest.CaptureFixture
     timings = [float(line.split()[0]) for line in lines[1:]]
     assert len(timings) == 6
     assert all(micros > 0 for micros in timings)
-    assert timings[-1] == pytest.approx(sum(timings[:-1]), abs=0.02)
+    # Each of the six printed figures is rounded to 0.01: the five pieces'
+    # sum may differ from the printed total by up to 6 x 0.005 (CI once saw 0.02).
+    assert timings[-1] == pytest.approx(sum(timings[:-1]), abs=0.0301)
