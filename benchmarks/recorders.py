@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -92,12 +93,13 @@ def perf_available() -> bool:
     return perf_problem() is None
 
 
+@functools.cache
 def perf_problem() -> str | None:
     """Why ``perf`` cannot record the way :func:`perf` does, or ``None`` if it
     can: installed, allowed to sample this user's processes, the kernel's
     part of them included (a user without the privilege gets user-space
     samples only, silently: the probe's recording says so), with the same
-    options."""
+    options. Probed once per process."""
     executable = shutil.which("perf")
     if executable is None:
         return "perf is not installed (apt-get install linux-perf)"
