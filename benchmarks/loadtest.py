@@ -1,12 +1,21 @@
 """Requests per second and latency under gunicorn, loaded by ``wrk`` on loopback.
 
 For each server layout (:data:`SERVERS`: gthread 1 worker x 4 threads, and
-2 sync workers) and each subject that runs under gunicorn, one gunicorn is
-started on ``127.0.0.1`` (:mod:`benchmarks.serve`), and for each workload
-(:data:`~benchmarks.workloads.UNDER_LOAD`) ``wrk`` runs a warm-up and then
-several short measured runs (5 x 1 s by default: the spread shows how much
-the shared machine disturbed them), with ``session.lua``: one visitor per
-connection, keeping its cookie, checking every response's counter and tag.
+2 sync workers) every subject that runs under gunicorn gets a gunicorn of its
+own on ``127.0.0.1`` (:mod:`benchmarks.serve`), all started together. Each
+subject x workload (:data:`~benchmarks.workloads.UNDER_LOAD`) is a
+:class:`Trial`: a warm-up, then several short measured ``wrk`` runs (5 x 1 s
+by default: the spread shows how much the shared machine disturbed them) with
+``session.lua``: one visitor per connection, keeping its cookie, checking
+every response's counter and tag (:mod:`benchmarks.wrk_runs`).
+
+The runs are interleaved: each round runs every trial once, and each round
+starts one trial further down the list. A shared machine's speed drifts over
+the minutes a layout takes; measured one subject after another, two subjects
+compared by a target would see different machines, while interleaved, each
+subject's median is taken over the same stretch of time. The other
+gunicorns wait idle meanwhile (their masters and workers wake about once a
+second).
 
 After each measured run every connection's session is verified against the
 server: the script saw no violation (the counter went up by exactly one per
@@ -32,21 +41,18 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 import typing as t
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import cpu_usage
-from benchmarks.apps import parse_body
 from benchmarks.cleanup import sweep
-from benchmarks.gunicorn_process import Running, get, gunicorn
-from benchmarks.settings import BENCHMARKS, Namespace, machine
+from benchmarks.gunicorn_process import Running, gunicorn
+from benchmarks.settings import Namespace, machine
 from benchmarks.subjects import Subject, Unavailable, all_subjects
 from benchmarks.workloads import UNDER_LOAD, Workload
-
-LUA = BENCHMARKS / "session.lua"
+from benchmarks.wrk_runs import WRK_ERRORS, run_check, verify, wrk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,24 +84,10 @@ class LoadSettings:
     def describe(self) -> str:
         return (
             f"`wrk -t{self.connections} -c{self.connections} -d{self.duration}s --latency`, "
-            f"{self.repeats} runs after a {self.warmup} s warm-up of the same workload, on 127.0.0.1; "
+            f"{self.repeats} runs after a {self.warmup} s warm-up of the same workload, on 127.0.0.1, "
+            "interleaved: each round runs every subject's workloads once, starting one further on; "
             "req/s is the median of the runs (min-max in brackets), p50/p99 the medians of the runs'."
         )
-
-
-@dataclasses.dataclass
-class Visitor:
-    """What ``session.lua`` recorded for one connection."""
-
-    id: int
-    sent: int
-    ok: int
-    other: int
-    violations: int
-    last: int
-    tag: str
-    cookie: str
-    detail: str
 
 
 @dataclasses.dataclass
@@ -148,67 +140,7 @@ class LoadResult:
         }
 
 
-# -- the load -----------------------------------------------------------------------------------
-
-
-def wrk(port: int, workload: Workload, duration: int, connections: int) -> tuple[list[int], list[Visitor]]:
-    """One wrk run: the summary numbers (requests, duration µs, connect,
-    read, write, status and timeout errors, p50 µs, p99 µs) and each visitor."""
-    command = ["wrk", "-t", str(connections), "-c", str(connections), "-d", f"{duration}s", "--latency"]
-    command += ["--timeout", "5s", "-s", str(LUA), f"http://127.0.0.1:{port}{workload.path}", "--"]
-    command.append(workload.check or "none")
-    if workload.cookie:
-        command.append(workload.cookie)
-    output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
-    summary: list[int] = []
-    visitors: list[Visitor] = []
-    for line in output.splitlines():
-        if line.startswith("BENCH_SUMMARY "):
-            summary = [int(float(value)) for value in line.split()[1:]]
-        elif line.startswith("BENCH_CONN\t"):
-            fields = line.split("\t")[1:]
-            numbers = [int(value) for value in fields[:6]]
-            detail = fields[8] if len(fields) > 8 else ""
-            visitors.append(Visitor(*numbers, tag=fields[6], cookie=fields[7], detail=detail))
-    if len(summary) != 9 or len(visitors) != connections:
-        raise RuntimeError(f"unexpected wrk output:\n{output}")
-    return summary, visitors
-
-
-def verify(port: int, workload: Workload, visitors: list[Visitor], lag: float) -> str:
-    """``"exact"`` if every visitor's session is right, else what is wrong."""
-    if not workload.check:
-        return "n/a"
-    if lag:
-        time.sleep(lag)  # background writes reach the store within the lag
-    problems = []
-    for visitor in visitors:
-        where = f"connection {visitor.id}"
-        if visitor.violations:
-            problems.append(f"{where}: {visitor.violations} bad responses, first: {visitor.detail}")
-        if visitor.other:
-            problems.append(f"{where}: {visitor.other} responses were not 200")
-        if not visitor.cookie:
-            problems.append(f"{where}: no session cookie")
-            continue
-        status, headers, body = get(port, "/read", visitor.cookie)
-        replaced = headers.get("set-cookie", visitor.cookie).split(";", 1)[0].strip() != visitor.cookie
-        try:
-            final, tag = parse_body(body)
-        except ValueError:
-            final, tag = -1, ""
-        if status != 200 or replaced or tag != visitor.tag:
-            problems.append(f"{where}: the server lost the session ({status}, {body[:40]!r})")
-            continue
-        in_flight = visitor.sent - visitor.ok - visitor.other  # sent as wrk stopped, never answered
-        if workload.check == "read" and final != 0:
-            problems.append(f"{where}: the server holds n={final}, expected 0")
-        elif workload.check == "inc" and not visitor.ok <= final <= visitor.ok + in_flight:
-            problems.append(f"{where}: the server holds n={final} after {visitor.ok} increments answered")
-    if not problems:
-        return "exact"
-    more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
-    return "FAIL: " + "; ".join(problems[:2]) + more
+# -- the subjects ---------------------------------------------------------------------------------
 
 
 def expected_failure(subject: Subject, server: Server) -> str:
@@ -245,82 +177,152 @@ def meter_for(subject: Subject, running: Running) -> cpu_usage.Meter | None:
     return cpu_usage.Meter(groups)
 
 
-WRK_ERRORS = "wrk counted errors"  #: how a check failed by requests wrk counted as errors begins
+# -- one subject x workload, measured run by run ---------------------------------------------
 
 
-def run_check(check: str, verdict: str, errors: dict[str, int], run: int, runs: int) -> str:
-    """The check of a load test after its run number ``run``: the first
-    failure stays; else a wrong session (``verdict``) or any error wrk
-    counted fails it. A failed request is cheap, so a run with errors would
-    report a rate that was never served."""
-    if check not in ("exact", "n/a"):
-        return check
-    if verdict not in ("exact", "n/a"):
-        return f"{verdict} (run {run} of {runs})"
-    failed = {name: count for name, count in errors.items() if count}
-    if failed:
-        return f"{WRK_ERRORS} {failed} (run {run} of {runs})"
-    return check
+@dataclasses.dataclass(eq=False)
+class Trial:
+    """One subject x server x workload on a running gunicorn, measured one
+    ``wrk`` run at a time (:meth:`run_once`) between other trials' runs;
+    :meth:`result` sums them up. The meter counts the measured runs only.
+    Trials compare by identity: two of the same workload are two trials."""
 
-
-def measure(
-    running: Running, workload: Workload, subject: Subject, server: Server, args: LoadSettings
-) -> LoadResult:
-    """A warm-up, then ``args.repeats`` measured wrk runs, each verified;
-    what the processes used is metered around the measured runs only."""
-    port = running.port
-    wrk(port, workload, args.warmup, args.connections)
-    meter = meter_for(subject, running)
-    runs, p50s, p99s, requests = [], [], [], 0
-    errors = dict.fromkeys(("connect", "read", "write", "status", "timeout"), 0)
-    check = "n/a" if not workload.check else "exact"
-    for index in range(args.repeats):
-        with meter.measuring() if meter is not None else contextlib.nullcontext():
-            summary, visitors = wrk(port, workload, args.duration, args.connections)
-        count, micros, *error_counts, p50, p99 = summary
-        runs.append(count / (micros / 1e6))
-        p50s.append(p50 / 1000)
-        p99s.append(p99 / 1000)
-        requests += count
-        run_errors = dict(zip(errors, error_counts, strict=True))
-        for name, value in run_errors.items():
-            errors[name] += value
-        verdict = verify(port, workload, visitors, subject.lag)
-        check = run_check(check, verdict, run_errors, index + 1, args.repeats)
-    return LoadResult(
-        subject.name,
-        server.name,
-        workload.name,
-        runs,
-        statistics.median(p50s),
-        statistics.median(p99s),
-        requests,
-        errors,
-        check,
-        # A documented reason explains wrong counters, never failed requests.
-        "" if check.startswith(WRK_ERRORS) else expected_failure(subject, server),
-        meter.per_request(requests) if meter is not None else {},
+    subject: Subject
+    server: Server
+    workload: Workload
+    running: Running
+    meter: cpu_usage.Meter | None = None
+    runs: list[float] = dataclasses.field(default_factory=list)
+    p50s: list[float] = dataclasses.field(default_factory=list)
+    p99s: list[float] = dataclasses.field(default_factory=list)
+    requests: int = 0
+    errors: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(("connect", "read", "write", "status", "timeout"), 0)
     )
+    check: str = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.check = "exact" if self.workload.check else "n/a"
+
+    @property
+    def label(self) -> str:
+        return f"{self.subject.name} on {self.server.name}"
+
+    def warm_up(self, args: LoadSettings) -> None:
+        """A run that is not measured, then the meter for the measured ones."""
+        wrk(self.running.port, self.workload, args.warmup, args.connections)
+        self.meter = meter_for(self.subject, self.running)
+
+    def run_once(self, args: LoadSettings) -> None:
+        """One measured run, verified; a failure stays in :attr:`check`."""
+        port = self.running.port
+        with self.meter.measuring() if self.meter is not None else contextlib.nullcontext():
+            summary, visitors = wrk(port, self.workload, args.duration, args.connections)
+        count, micros, *error_counts, p50, p99 = summary
+        self.runs.append(count / (micros / 1e6))
+        self.p50s.append(p50 / 1000)
+        self.p99s.append(p99 / 1000)
+        self.requests += count
+        run_errors = dict(zip(self.errors, error_counts, strict=True))
+        for name, value in run_errors.items():
+            self.errors[name] += value
+        verdict = verify(port, self.workload, visitors, self.subject.lag)
+        self.check = run_check(self.check, verdict, run_errors, len(self.runs), args.repeats)
+
+    def result(self) -> LoadResult:
+        """The measured runs' rates, median latencies, check and CPU use."""
+        check = self.check
+        return LoadResult(
+            self.subject.name,
+            self.server.name,
+            self.workload.name,
+            self.runs,
+            statistics.median(self.p50s),
+            statistics.median(self.p99s),
+            self.requests,
+            self.errors,
+            check,
+            # A documented reason explains wrong counters, never failed requests.
+            "" if check.startswith(WRK_ERRORS) else expected_failure(self.subject, self.server),
+            self.meter.per_request(self.requests) if self.meter is not None else {},
+        )
 
 
-def run_subject(
-    subject: Subject, server: Server, namespace: Namespace, args: LoadSettings
-) -> list[LoadResult]:
-    """Every workload of ``subject`` on one gunicorn."""
+def workloads_of(subject: Subject) -> list[Workload]:
+    """The workloads ``subject`` is loaded with, in table order."""
     # The fixed cookie only for the plain WSGI baseline: Flask's own cookie
     # session would parse it and try to load it, which is not the server's cost.
-    workloads = [
-        w for w in UNDER_LOAD if w.role == subject.role and (not w.cookie or subject.family == "wsgi")
-    ]
-    with gunicorn(subject, server.args(), namespace) as running:
-        return [measure(running, workload, subject, server, args) for workload in workloads]
+    return [w for w in UNDER_LOAD if w.role == subject.role and (not w.cookie or subject.family == "wsgi")]
+
+
+def rotated(trials: list[Trial], index: int) -> list[Trial]:
+    """The order of round ``index`` (from 0): the trials from the one
+    ``index`` places down the list, wrapping around, so that no trial always
+    follows the same one (a background writer's flush, a server just busy)."""
+    start = index % len(trials) if trials else 0
+    return trials[start:] + trials[:start]
+
+
+_FAILURES = (RuntimeError, OSError, subprocess.SubprocessError)
+
+
+def run_layout(
+    subjects: list[Subject], server: Server, namespace: Namespace, args: LoadSettings, skipped: dict[str, str]
+) -> list[LoadResult]:
+    """Start every subject's gunicorn on ``server``, warm each trial up, run
+    the rounds; a subject that fails is dropped from the rest, with why in
+    ``skipped``. Every subject's data is removed afterwards."""
+    started: list[Subject] = []
+    trials: list[Trial] = []
+    failed: set[str] = set()
+
+    def attempt(trial: Trial, step: t.Callable[[LoadSettings], None]) -> None:
+        """``step`` (a warm-up or a run) of a trial whose subject has not
+        failed yet; if it fails now, the subject is dropped from the rest."""
+        if trial.subject.name in failed:
+            return
+        try:
+            step(args)
+        except _FAILURES as exc:
+            skipped[trial.label] = f"{type(exc).__name__}: {exc}"
+            failed.add(trial.subject.name)
+
+    try:
+        with contextlib.ExitStack() as servers:
+            for subject in subjects:
+                if subject.name in skipped:
+                    continue
+                started.append(subject)
+                print(f"  starting {subject.name} on {server.name} ...", file=sys.stderr, flush=True)
+                try:
+                    prepare(subject, namespace)
+                    running = servers.enter_context(gunicorn(subject, server.args(), namespace))
+                except Unavailable as exc:
+                    skipped[subject.name] = str(exc)
+                    continue
+                except _FAILURES as exc:
+                    skipped[f"{subject.name} on {server.name}"] = f"{type(exc).__name__}: {exc}"
+                    continue
+                trials += [Trial(subject, server, w, running) for w in workloads_of(subject)]
+            for trial in trials:
+                attempt(trial, trial.warm_up)
+            for index in range(args.repeats):
+                print(
+                    f"  round {index + 1} of {args.repeats} on {server.name} ...", file=sys.stderr, flush=True
+                )
+                for trial in rotated(trials, index):
+                    attempt(trial, trial.run_once)
+    finally:
+        for subject in started:
+            subject.cleanup(namespace)
+    return [trial.result() for trial in trials if trial.subject.name not in failed]
 
 
 def run(
     namespace: Namespace, args: LoadSettings, only: str | None = None, servers: list[Server] | None = None
 ) -> tuple[list[LoadResult], dict[str, str]]:
     """Every gunicorn subject on every server layout; the results and the
-    subjects that could not run. Each subject's data is removed after it."""
+    subjects that could not run."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
     subjects = [
@@ -329,20 +331,7 @@ def run(
     results: list[LoadResult] = []
     skipped: dict[str, str] = {}
     for server in servers or SERVERS:
-        for subject in subjects:
-            if subject.name in skipped:
-                continue
-            label = f"{subject.name} on {server.name}"
-            print(f"  {label} ...", file=sys.stderr, flush=True)
-            try:
-                prepare(subject, namespace)
-                results += run_subject(subject, server, namespace, args)
-            except Unavailable as exc:
-                skipped[subject.name] = str(exc)
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                skipped[label] = f"{type(exc).__name__}: {exc}"
-            finally:
-                subject.cleanup(namespace)
+        results += run_layout(subjects, server, namespace, args, skipped)
     return results, skipped
 
 

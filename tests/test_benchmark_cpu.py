@@ -227,7 +227,7 @@ def test_a_strict_increment_is_compared_with_two_bare_round_trips():
 
 
 def test_a_run_in_which_wrk_counted_errors_fails_even_without_a_counter_to_check():
-    from benchmarks.loadtest import run_check
+    from benchmarks.wrk_runs import run_check
 
     errors = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
     assert run_check("n/a", "n/a", errors, 1, 3) == "n/a"
