@@ -81,6 +81,17 @@ def session_view(path: str, session: MutableMapping[str, t.Any], save: Save | No
     return b"n=%d;tag=%s" % (count, session["tag"].encode())
 
 
+def drained(body: t.Iterable[bytes]) -> bytes:
+    """A WSGI response ``body`` joined, then closed as a server closes it
+    (where a session middleware may finish its work)."""
+    try:
+        return b"".join(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+
 def parse_body(body: bytes) -> tuple[int, str]:
     """The counter and the session's tag from a ``/read`` or ``/inc`` body."""
     count, _, tag = body.partition(b";tag=")

@@ -17,7 +17,7 @@ import typing as t
 
 from werkzeug.test import EnvironBuilder
 
-from .apps import parse_body
+from .apps import drained, parse_body
 from .subjects import Subject, Target, Unavailable, all_subjects
 from .workloads import IN_PROCESS, Workload
 
@@ -75,13 +75,7 @@ def call(app: WSGIApplication, environ: WSGIEnvironment) -> tuple[str, list[tupl
         seen[:] = [status, headers]
         return lambda data: None
 
-    body = app(environ.copy(), start_response)
-    try:
-        content = b"".join(body)
-    finally:
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
+    content = drained(app(environ.copy(), start_response))
     return seen[0], seen[1], content
 
 

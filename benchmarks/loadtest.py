@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import cpu_usage
+from benchmarks import app_meter, cpu_usage
 from benchmarks.cleanup import sweep
 from benchmarks.gunicorn_process import Running, gunicorn
 from benchmarks.settings import Namespace, machine
@@ -105,8 +105,9 @@ class LoadResult:
         (a per-process store or a relaxed mode with several workers), or ``""``.
     :param usage: per request, the CPU µs (``cpu_us``) and context switches
         (``switches``) of gunicorn's processes (``worker``), the store's
-        server (``store``) and ``wrk`` (:mod:`benchmarks.cpu_usage`); empty
-        where ``/proc`` cannot be read.
+        server (``store``) and ``wrk`` (:mod:`benchmarks.cpu_usage`), empty
+        where ``/proc`` cannot be read; with one worker also the CPU µs
+        spent inside the WSGI app (``app``: :mod:`benchmarks.app_meter`).
     """
 
     subject: str
@@ -199,6 +200,8 @@ class Trial:
     errors: dict[str, int] = dataclasses.field(
         default_factory=lambda: dict.fromkeys(("connect", "read", "write", "status", "timeout"), 0)
     )
+    app_requests: int = 0
+    app_cpu_ns: int = 0
     check: str = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -216,8 +219,14 @@ class Trial:
     def run_once(self, args: LoadSettings) -> None:
         """One measured run, verified; a failure stays in :attr:`check`."""
         port = self.running.port
+        # With one worker, every request reaches the one metered app.
+        before = app_meter.read(port) if self.server.workers == 1 else None
         with self.meter.measuring() if self.meter is not None else contextlib.nullcontext():
             summary, visitors = wrk(port, self.workload, args.duration, args.connections)
+        if before is not None:
+            after = app_meter.read(port)
+            self.app_requests += after.requests - before.requests
+            self.app_cpu_ns += after.cpu_ns - before.cpu_ns
         count, micros, *error_counts, p50, p99 = summary
         self.runs.append(count / (micros / 1e6))
         self.p50s.append(p50 / 1000)
@@ -232,6 +241,9 @@ class Trial:
     def result(self) -> LoadResult:
         """The measured runs' rates, median latencies, check and CPU use."""
         check = self.check
+        usage = self.meter.per_request(self.requests) if self.meter is not None else {}
+        if self.app_requests:
+            usage["app"] = {"cpu_us": self.app_cpu_ns / self.app_requests / 1000}
         return LoadResult(
             self.subject.name,
             self.server.name,
@@ -244,7 +256,7 @@ class Trial:
             check,
             # A documented reason explains wrong counters, never failed requests.
             "" if check.startswith(WRK_ERRORS) else expected_failure(self.subject, self.server),
-            self.meter.per_request(self.requests) if self.meter is not None else {},
+            usage,
         )
 
 
@@ -341,17 +353,18 @@ def report(results: list[LoadResult], skipped: dict[str, str]) -> None:
     width = max((len(r.subject) for r in results), default=10)
     heading = (
         f"{'server':<12} {'workload':<14} {'req/s':>8} {'min-max':<13} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'cpu µs':>7} {'cs':>5} {'store':>6}  check"
+        f"{'cpu µs':>7} {'cs':>5} {'store':>6} {'app':>6}  check"
     )
     print(f"{'subject':<{width}}  {heading}")
-    print("-" * (width + 85))
+    print("-" * (width + 92))
     for r in results:
         note = f" (expected: {r.expected_failure})" if r.expected_failure and not r.passed else ""
         cpu, switches, store = cpu_usage.columns(r.usage)
+        app = f"{r.usage['app']['cpu_us']:.1f}" if "app" in r.usage else ""
         print(
             f"{r.subject:<{width}}  {r.server:<12} {r.workload:<14} {r.requests_per_s:8.0f} "
             f"{min(r.runs):6.0f}-{max(r.runs):<6.0f} {r.p50_ms:7.2f} {r.p99_ms:7.2f} "
-            f"{cpu:>7} {switches:>5} {store:>6}  {r.check}{note}"
+            f"{cpu:>7} {switches:>5} {store:>6} {app:>6}  {r.check}{note}"
         )
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-import typing as t
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import cpu_usage
+from benchmarks.charts import charts, subjects_in_order
 from benchmarks.targets import ISSUE_FIGURES, ISSUE_LOAD_FIGURES, Results, evaluate
 
 HEADLINE_WORKLOADS = ("read", "increment", "new visitor", "read 20 KB", "untouched")
@@ -26,13 +26,6 @@ def _table(header: list[str], rows: list[list[str]], align: str = "") -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _subjects(measurements: list[dict[str, t.Any]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for m in measurements:
-        seen.setdefault(m["subject"], None)
-    return list(seen)
 
 
 def header(results: Results) -> str:
@@ -71,7 +64,7 @@ def inprocess_section(results: Results) -> str:
         return ""
     by_key = {(m["subject"], m["workload"]): m for m in measurements}
     rows = []
-    for subject in _subjects(measurements):
+    for subject in subjects_in_order(measurements):
         cells = [f"`{subject}`"]
         for workload in ("plain", *HEADLINE_WORKLOADS):
             m = by_key.get((subject, workload)) or (
@@ -139,6 +132,12 @@ def inprocess_section(results: Results) -> str:
     )
 
 
+def _app_cpu(usage: dict[str, dict[str, float]]) -> str:
+    """The CPU µs per request inside the WSGI app, where metered."""
+    app = usage.get("app")
+    return f"{app['cpu_us']:,.1f}" if app else ""
+
+
 def gunicorn_section(results: Results) -> str:
     runs = results.get("gunicorn", [])
     if not runs:
@@ -158,6 +157,7 @@ def gunicorn_section(results: Results) -> str:
                 f"{r['p50_ms']:.2f}",
                 f"{r['p99_ms']:.2f}",
                 *cpu_usage.columns(r.get("usage", {})),
+                _app_cpu(r.get("usage", {})),
                 str(errors) if errors else "",
                 check,
             ]
@@ -176,7 +176,9 @@ def gunicorn_section(results: Results) -> str:
             "with their context switches; the store column is the Redis or PostgreSQL server. On a "
             "2-core machine shared with wrk and the store, these explain the rates: a gthread "
             "worker is one process whose Python runs on one core at a time (the GIL), so its CPU "
-            "per request bounds its rate.",
+            "per request bounds its rate. With one worker, the app column is the part of the "
+            "worker's CPU spent inside the WSGI app (the session library and the view: thread CPU "
+            "time around each call, `benchmarks/app_meter.py`); the rest is gunicorn and the kernel.",
             _table(
                 [
                     "subject",
@@ -188,11 +190,12 @@ def gunicorn_section(results: Results) -> str:
                     "worker CPU µs/req",
                     "context switches/req",
                     "store CPU µs/req",
+                    "app CPU µs/req",
                     "errors",
                     "counters",
                 ],
                 rows,
-                "lllrrrrrrrl",
+                "lllrrrrrrrrl",
             ),
             "![gunicorn](gunicorn.png)",
         ]
@@ -300,106 +303,6 @@ def markdown(results: Results) -> str:
         skipped_section(results),
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
-
-
-# -- charts -------------------------------------------------------------------------------------
-
-
-def charts(results: Results, directory: Path) -> list[Path]:
-    """Draw the PNG charts into ``directory``; the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    written = []
-    if results.get("inprocess"):
-        written.append(_inprocess_chart(results, directory / "inprocess.png"))
-    if results.get("gunicorn"):
-        written.append(_gunicorn_chart(results, directory / "gunicorn.png"))
-    return written
-
-
-def _inprocess_chart(results: Results, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    measurements = results["inprocess"]
-    workloads = ("read", "increment", "new visitor", "read 20 KB")
-    subjects = [
-        s
-        for s in _subjects(measurements)
-        if any(m["subject"] == s and m["workload"] in workloads for m in measurements)
-    ]
-    figure, axes = plt.subplots(1, len(workloads), figsize=(18, 0.32 * len(subjects) + 2), sharey=True)
-    for ax, workload in zip(axes, workloads, strict=True):
-        found = {m["subject"]: m for m in measurements if m["workload"] == workload}
-        medians = [found[s]["median_us"] if s in found else 0 for s in subjects]
-        minimums = [found[s]["min_us"] if s in found else 0 for s in subjects]
-        colors = [
-            "tab:blue" if s.startswith(("wsgi_session", "flask + wsgi_session")) else "tab:gray"
-            for s in subjects
-        ]
-        positions = range(len(subjects))
-        ax.barh(positions, medians, color=colors)
-        ax.plot(minimums, positions, "k|", markersize=8, label="min")
-        ax.set_xscale("log")
-        ax.set_title(workload)
-        ax.set_xlabel("µs/request (median; | = min), log scale")
-        ax.grid(axis="x", which="both", alpha=0.3)
-    axes[0].set_yticks(range(len(subjects)), subjects, fontsize=8)
-    axes[0].invert_yaxis()
-    figure.suptitle("In process: µs per request (blue: wsgi_session)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
-def _gunicorn_chart(results: Results, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    runs = results["gunicorn"]
-    servers = list(dict.fromkeys(r["server"] for r in runs))
-    subjects = list(dict.fromkeys(r["subject"] for r in runs))
-    figure, axes = plt.subplots(
-        1, len(servers), figsize=(8 * len(servers), 0.45 * len(subjects) + 2), sharey=True
-    )
-    axes = list(axes) if len(servers) > 1 else [axes]
-    height = 0.4
-    for ax, server in zip(axes, servers, strict=True):
-        # A baseline's bar is its plain request; a round-trip reference's, its
-        # one round trip (read) and two (increment: what a strict write makes).
-        for offset, (workload, reference), color in (
-            (-height / 2, ("read", "round trip"), "tab:blue"),
-            (height / 2, ("increment", "2 round trips"), "tab:orange"),
-        ):
-            values, low, high = [], [], []
-            for subject in subjects:
-                found = [r for r in runs if (r["server"], r["subject"]) == (server, subject)]
-                match = [r for r in found if r["workload"] in (workload, reference)] or [
-                    r for r in found if r["workload"] == "plain"
-                ]
-                median = match[0]["requests_per_s"] if match else 0
-                values.append(median)
-                low.append(median - match[0]["requests_per_s_min"] if match else 0)
-                high.append(match[0]["requests_per_s_max"] - median if match else 0)
-            ax.barh(
-                [i + offset for i in range(len(subjects))],
-                values,
-                height=height,
-                color=color,
-                xerr=[low, high],
-                error_kw={"elinewidth": 0.8, "capsize": 2},
-                label=f"{workload} (baselines: plain; references: {reference})",
-            )
-        ax.set_title(f"gunicorn {server}, wrk 8 connections (median, min-max of the runs)")
-        ax.set_xlabel("requests/s")
-        ax.grid(axis="x", alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_yticks(range(len(subjects)), subjects, fontsize=8)
-    axes[0].invert_yaxis()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
 
 
 def write(results: Results, directory: Path) -> Path:

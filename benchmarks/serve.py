@@ -3,15 +3,18 @@
 Each worker builds the subject named by ``BENCH_SUBJECT`` (a slug of
 :func:`benchmarks.subjects.all_subjects`) in the namespace ``BENCH_NAMESPACE``
 that the parent process passes, so its keys and tables are the ones the
-parent cleans up. :mod:`benchmarks.loadtest` starts gunicorn with it.
+parent cleans up, and meters the CPU spent inside it
+(:mod:`benchmarks.app_meter`). :mod:`benchmarks.loadtest` starts gunicorn
+with it.
 """
 
 from __future__ import annotations
 
 import os
 
+from .app_meter import MeteredApp
 from .settings import Namespace
 from .subjects import by_slug
 
 target = by_slug(os.environ["BENCH_SUBJECT"]).build(Namespace.from_env())
-app = target.app
+app = MeteredApp(target.app)

@@ -119,10 +119,21 @@ def rtt(results: Results, store: str) -> float | None:
     return median(results, rtt_subject(results, store), "round trip")
 
 
-def worker_cpu(results: Results, subject: str, workload: str, server: str) -> float | None:
-    """The gunicorn worker's CPU µs per request in one run, where metered."""
-    worker = ((load_run(results, subject, workload, server) or {}).get("usage") or {}).get("worker")
-    return None if worker is None else float(worker["cpu_us"])
+def worker_cpu(
+    results: Results, subject: str, workload: str, server: str, group: str = "worker"
+) -> float | None:
+    """The gunicorn worker's CPU µs per request in one run, where metered;
+    with ``group="app"``, the part of it spent inside the WSGI app."""
+    used = ((load_run(results, subject, workload, server) or {}).get("usage") or {}).get(group)
+    return None if used is None else float(used["cpu_us"])
+
+
+def app_cpu_note(results: Results, cases: t.Sequence[tuple[str, str]], server: str) -> str:
+    """``"; inside the app X vs Y µs/req"`` for two (subject, workload) cases, where metered."""
+    cpu = [worker_cpu(results, subject, workload, server, "app") for subject, workload in cases]
+    if None in cpu:
+        return ""
+    return f"; inside the app {cpu[0]:,.1f} vs {cpu[1]:,.1f} µs/req"
 
 
 def two_round_trip_reference(results: Results, ours: str, theirs: str, server: str) -> str:
@@ -289,6 +300,7 @@ def _with_cpu(check: Check, results: Results, subjects: tuple[str, str], workloa
     if None in cpu:
         return check
     note = f"; worker CPU {cpu[0]:,.0f} vs {cpu[1]:,.0f} µs/req"
+    note += app_cpu_note(results, [(subject, workload) for subject in subjects], server)
     return dataclasses.replace(check, measured=check.measured + note)
 
 
@@ -310,6 +322,7 @@ def _gunicorn(results: Results) -> list[Check]:
                     f"; the bare app does {with_cookie / bare:.0%} with a session-sized cookie "
                     f"({with_cookie:,.0f} req/s), and we do {memory / with_cookie:.0%} of that"
                 )
+            measured += app_cpu_note(results, [("wsgi_session[memory]", "read"), ("bare", "plain")], server)
             check = Check(f"{server}: memory-store read vs bare app", measured, "≥ 90 %", share >= 0.9)
             checks.append(_not_comparable(check, results, ("wsgi_session[memory]",), "read", server))
         pairs = (

@@ -237,3 +237,38 @@ def test_a_run_in_which_wrk_counted_errors_fails_even_without_a_counter_to_check
     assert run_check("exact", "n=3 expected 4", errors, 3, 3) == "n=3 expected 4 (run 3 of 3)"
     # The first failure is the one reported.
     assert run_check("lost (run 1 of 3)", "exact", flawed, 2, 3) == "lost (run 1 of 3)"
+
+
+def test_gunicorn_targets_and_table_quote_the_cpu_inside_the_app_where_metered():
+    from benchmarks.report import gunicorn_section
+    from benchmarks.targets import _gunicorn
+
+    runs = [_run("wsgi_session[redis]", 1418, 694.4), _run("beaker[redis]", 1007, 1114.5)]
+    runs[0]["usage"]["app"] = {"cpu_us": 120.25}
+    runs[1]["usage"]["app"] = {"cpu_us": 460.0}
+    (check,) = [c for c in _gunicorn({"gunicorn": runs}) if c.target == _REDIS_VS_BEAKER]
+    assert check.measured == (
+        "1.41x (1,418 vs 1,007 req/s); worker CPU 694 vs 1,114 µs/req; inside the app 120.2 vs 460.0 µs/req"
+    )
+    # The memory-store read against the bare app says it too.
+    reads = [
+        _run("wsgi_session[memory]", 2700, 400.0, "read"),
+        _run("bare", 3000, 350.0, "plain"),
+    ]
+    reads[0]["usage"]["app"] = {"cpu_us": 24.0}
+    reads[1]["usage"]["app"] = {"cpu_us": 10.5}
+    (read,) = [c for c in _gunicorn({"gunicorn": reads}) if "memory-store read" in c.target]
+    assert read.measured == "90% (2,700 vs 3,000 req/s); inside the app 24.0 vs 10.5 µs/req"
+    # Only one of the two metered (a server with 2 workers is not): no note.
+    del runs[1]["usage"]["app"]
+    (check,) = [c for c in _gunicorn({"gunicorn": runs}) if c.target == _REDIS_VS_BEAKER]
+    assert "inside the app" not in check.measured
+
+    table_rows = []
+    for run in reads:
+        row = dict(run, p50_ms=1.0, p99_ms=2.0, requests_per_s_min=1, requests_per_s_max=2)
+        table_rows.append(dict(row, errors={}, check="n/a", expected_failure=""))
+    table = gunicorn_section({"gunicorn": table_rows})
+    assert "| app CPU µs/req |" in table
+    assert "| 24.0 |" in table
+    assert "| 10.5 |" in table

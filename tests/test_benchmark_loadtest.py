@@ -100,8 +100,12 @@ def test_real_gunicorns_are_loaded_in_rounds_and_a_failing_subject_is_dropped(mo
         assert all(rate > 0 for rate in result.runs)
         assert result.check == "n/a"
         assert result.requests > 0
-        if result.usage:  # metered over the measured runs: some CPU per request
+        if "worker" in result.usage:  # /proc read over the measured runs: some CPU per request
             assert result.usage["worker"]["cpu_us"] > 0
+        # One worker: the CPU inside the WSGI app is metered too, a part of the worker's.
+        assert result.usage["app"]["cpu_us"] > 0
+        if "worker" in result.usage:
+            assert result.usage["app"]["cpu_us"] < result.usage["worker"]["cpu_us"]
 
 
 def test_the_published_settings_say_the_runs_are_interleaved():
