@@ -18,6 +18,7 @@ the price (a system call each), paid by every subject alike.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import typing as t
@@ -60,7 +61,8 @@ class MeteredApp:
 
     def _answer(self, start_response: StartResponse) -> list[bytes]:
         with self._lock:
-            body = json.dumps({"requests": self.requests, "cpu_ns": self.cpu_ns}).encode()
+            sums = {"requests": self.requests, "cpu_ns": self.cpu_ns, "pid": os.getpid()}
+        body = json.dumps(sums).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 
@@ -74,12 +76,21 @@ def read(port: int) -> Reading:
 
 
 class Reading(t.NamedTuple):
-    """The sums :class:`MeteredApp` answered at one moment."""
+    """The sums :class:`MeteredApp` answered at one moment, and the worker
+    process that answered (a worker that gunicorn replaced starts from 0)."""
 
     requests: int
     cpu_ns: int
+    pid: int
 
     @classmethod
     def parse(cls, body: bytes) -> Reading:
         data = json.loads(body)
-        return cls(int(data["requests"]), int(data["cpu_ns"]))
+        return cls(int(data["requests"]), int(data["cpu_ns"]), int(data["pid"]))
+
+    def since(self, before: Reading) -> Reading | None:
+        """What was counted between ``before`` and this reading; ``None`` if
+        another worker answered (the counts of a run cannot be told)."""
+        if self.pid != before.pid or self.requests < before.requests:
+            return None
+        return Reading(self.requests - before.requests, self.cpu_ns - before.cpu_ns, self.pid)

@@ -55,15 +55,19 @@ def get(port: int, path: str, cookie: str = "", timeout: float = 5.0) -> tuple[i
 
 
 @contextlib.contextmanager
-def gunicorn(subject: Subject, server_args: list[str], namespace: Namespace) -> t.Iterator[Running]:
+def gunicorn(
+    subject: Subject, server_args: list[str], namespace: Namespace, meter_app: bool = False
+) -> t.Iterator[Running]:
     """Run gunicorn serving ``subject`` with ``server_args`` (worker class,
     workers, threads); yield where it runs; stop it (and only it: the master
-    is started in a session of its own and signalled by id)."""
+    is started in a session of its own and signalled by id). ``meter_app``
+    wraps each worker's app in :class:`~benchmarks.app_meter.MeteredApp`."""
     port = free_port()
     env = {
         **os.environ,
         "BENCH_SUBJECT": subject.slug,
         "BENCH_NAMESPACE": namespace.token,
+        "BENCH_APP_METER": "1" if meter_app else "",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     command = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG), "-b", f"127.0.0.1:{port}"]

@@ -3,8 +3,8 @@
 Each worker builds the subject named by ``BENCH_SUBJECT`` (a slug of
 :func:`benchmarks.subjects.all_subjects`) in the namespace ``BENCH_NAMESPACE``
 that the parent process passes, so its keys and tables are the ones the
-parent cleans up, and meters the CPU spent inside it
-(:mod:`benchmarks.app_meter`). :mod:`benchmarks.loadtest` starts gunicorn
+parent cleans up, and, where ``BENCH_APP_METER`` is set, meters the CPU
+spent inside it (:mod:`benchmarks.app_meter`). :mod:`benchmarks.loadtest` starts gunicorn
 with it.
 """
 
@@ -17,4 +17,5 @@ from .settings import Namespace
 from .subjects import by_slug
 
 target = by_slug(os.environ["BENCH_SUBJECT"]).build(Namespace.from_env())
-app = MeteredApp(target.app)
+#: The load test meters the app only where it can read the meter (one worker).
+app = MeteredApp(target.app) if os.environ.get("BENCH_APP_METER") else target.app

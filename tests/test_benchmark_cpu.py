@@ -123,9 +123,9 @@ def test_usage_arithmetic():
 
 def test_a_gunicorn_worker_is_metered_through_its_master():
     from benchmarks.gunicorn_process import get, gunicorn
-    from benchmarks.loadtest import meter_for
     from benchmarks.settings import Namespace
     from benchmarks.subjects import by_slug
+    from benchmarks.trials import meter_for
 
     subject = by_slug("bare")
     with gunicorn(subject, ["-k", "gthread", "-w", "1", "--threads", "2"], Namespace.new()) as running:
