@@ -17,6 +17,9 @@ compared by a target would see different machines, while interleaved, each
 subject's median is taken over the same stretch of time. The other
 gunicorns wait idle meanwhile (their masters and workers wake about once a
 second); a subject that fails is stopped at once and left out of the rest.
+Each trial is warmed up once, before the first round: between its runs its
+server idles while the others' run (a minute or so with every subject), which
+the first requests of a run may feel (cold caches, idle pooled connections).
 
 After each measured run every connection's session is verified against the
 server: the script saw no violation (the counter went up by exactly one per
