@@ -23,16 +23,33 @@ collector to walk beyond the values themselves.
 Locks are held only for dict operations. Callers never do I/O, encoding or
 decoding while holding one; :meth:`ShardedCache.update` runs a caller's merge
 function under the lock, and that function must be pure CPU work.
+
+Without an idle bound, :meth:`ShardedCache.get` takes no lock at all (a
+third of its cost, and the memory store's read is one ``get``). It is two
+operations on the shard's dict, a lookup and a move to the end, each of
+which the GIL makes atomic; between them a writer may replace the entry
+(the read then returned the value just before the write) or remove it (the
+move finds no key: the read happened just before the removal). Writers
+still serialize on the lock, and the one walk that runs Python code between
+its steps, :meth:`ShardedCache.remove_where`, walks a copy. With an idle
+bound the read also stamps the key's last use, which must not outlive a
+concurrent removal, so it keeps the lock; so does every read on a
+free-threaded CPython running without its GIL.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import typing as t
 from collections import OrderedDict
 
 V = t.TypeVar("V")
+
+#: False on a free-threaded CPython running without its GIL, where a read
+#: takes the shard lock like everything else.
+_GIL_ENABLED: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class _Shard(t.Generic[V]):
@@ -75,6 +92,8 @@ class ShardedCache(t.Generic[V]):
         self._idle = idle_seconds
         self._clock = clock
         self._on_evict = on_evict
+        #: Whether :meth:`get` may skip the shard lock (see the module docstring).
+        self._lock_free_reads = idle_seconds is None and _GIL_ENABLED
         #: entries dropped because a shard was full (read by the middleware's stats).
         self.evicted_for_size = 0
 
@@ -84,6 +103,15 @@ class ShardedCache(t.Generic[V]):
     def get(self, key: str) -> V | None:
         """The value for ``key`` (marking it used), or ``None``."""
         shard = self._shards[hash(key) & self._mask]
+        if self._lock_free_reads:
+            entries = shard.entries
+            value = entries.get(key)
+            if value is not None:
+                try:
+                    entries.move_to_end(key)
+                except KeyError:  # removed since: the read happened just before
+                    pass
+            return value
         with shard.lock:
             value = shard.entries.get(key)
             if value is None:
@@ -177,9 +205,11 @@ class ShardedCache(t.Generic[V]):
         removed: list[str] = []
         for shard in self._shards:
             with shard.lock:
+                # A copy (made in one C call): a lock-free get() may reorder
+                # the entries while the predicate runs.
                 doomed = [
                     key
-                    for key, value in shard.entries.items()
+                    for key, value in list(shard.entries.items())
                     if predicate(value) and (keep is None or not keep(key))
                 ]
                 for key in doomed[: limit - len(removed)]:

@@ -1,0 +1,136 @@
+"""The lock-sharded cache (wsgi_session/cache.py) under threads: reads that
+take no lock while writers put, pop, evict and sweep, and which reads still
+take the shard lock."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import typing as t
+
+import pytest
+
+from wsgi_session import cache
+from wsgi_session.cache import ShardedCache
+
+KEYS = [f"session-{n:04d}" for n in range(64)]
+
+
+@pytest.fixture
+def fast_switching() -> t.Iterator[None]:
+    """Let the GIL change hands every microsecond, between almost any two
+    bytecodes, so that the races below happen in every run."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+def hammer(workers: list[t.Callable[[], None]], seconds: float = 1.0) -> None:
+    """Run each worker in a loop on its own thread for ``seconds``; re-raise
+    the first error any of them hit."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def loop(work: t.Callable[[], None]) -> None:
+        try:
+            while not stop.is_set():
+                work()
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=loop, args=(work,)) for work in workers]
+    for thread in threads:
+        thread.start()
+    stop.wait(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_lock_free_reads_meet_puts_pops_evictions_and_sweeps() -> None:
+    """Readers see either nothing or a value put for their key, never an
+    error, while writers replace and remove entries, a small bound evicts
+    the least recently used, and a sweep runs Python code over each shard."""
+    store: ShardedCache[tuple[str, int]] = ShardedCache(shards=2, max_entries=48)
+    assert store._lock_free_reads
+    seen: list[int] = [0, 0]  # reads that found a value, reads that found none
+    wrong: list[tuple[str, object]] = []
+    counter = iter(range(10**9))
+
+    def read() -> None:
+        for key in KEYS:
+            value = store.get(key)
+            if value is None:
+                seen[1] += 1
+            elif value[0] != key:
+                wrong.append((key, value))
+            else:
+                seen[0] += 1
+
+    def write() -> None:
+        for key in KEYS:
+            store.put(key, (key, next(counter)))
+
+    def merge() -> None:
+        for key in KEYS[::3]:
+            store.update(key, lambda current, k: (k, -1) if current is None else current, key)
+
+    def remove() -> None:
+        for key in KEYS[::5]:
+            store.pop(key)
+
+    def sweep() -> None:
+        store.remove_where(lambda value: value[1] % 7 == 0, limit=10)
+
+    hammer([read, read, write, merge, remove, sweep])
+    assert wrong == []
+    assert seen[0] > 1000  # both outcomes happened, many times
+    assert seen[1] > 1000
+    assert len(store) <= 48
+    left = [store.peek(key) for key in KEYS]
+    assert all(value is None or value[0] == key for key, value in zip(KEYS, left, strict=True))
+
+
+def read_while_the_lock_is_held(store: ShardedCache[str], key: str) -> bool:
+    """Whether ``store.get(key)`` answers while another thread holds the
+    key's shard lock (it waits for the lock when it takes it)."""
+    answered = threading.Event()
+    shard = store._shards[hash(key) & store._mask]
+
+    def read() -> None:
+        store.get(key)
+        answered.set()
+
+    with shard.lock:
+        reader = threading.Thread(target=read)
+        reader.start()
+        answered.wait(0.5)
+        took_no_lock = answered.is_set()
+    reader.join(10)
+    assert answered.is_set()  # once the lock is free, the read completes either way
+    return took_no_lock
+
+
+def test_a_read_takes_the_lock_only_with_an_idle_bound() -> None:
+    plain: ShardedCache[str] = ShardedCache(shards=2)
+    plain.put("a", "1")
+    assert read_while_the_lock_is_held(plain, "a")
+    idle: ShardedCache[str] = ShardedCache(shards=2, idle_seconds=60)
+    idle.put("a", "1")
+    assert not read_while_the_lock_is_held(idle, "a")
+
+
+def test_without_the_gil_every_read_takes_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A free-threaded CPython running without its GIL makes no single dict
+    operation atomic with respect to others: there reads lock (simulated by
+    the flag the module reads from ``sys._is_gil_enabled()`` at import)."""
+    monkeypatch.setattr(cache, "_GIL_ENABLED", False)
+    store: ShardedCache[str] = ShardedCache(shards=2)
+    store.put("a", "1")
+    assert not read_while_the_lock_is_held(store, "a")
