@@ -8,6 +8,7 @@
 * :func:`view_app` — turns ``view(session, environ) -> str | bytes | None``
   into a plain WSGI app, so each test states only what its view does.
 * :func:`call_wsgi` — calls a WSGI app directly (thread-safe, unlike TestApp).
+* :func:`run_in_threads` — runs callables on threads at once, re-raising their errors.
 
 Test modules import the helpers as ``from core_testkit import ...``: this
 module registers itself under that name, which another directory's
@@ -255,6 +256,29 @@ def call_wsgi(app: t.Any, environ: dict[str, t.Any] | None = None, **kwargs: t.A
 
 
 # -- a client whose view runs whatever the test hands it ----------------------------
+
+
+def run_in_threads(targets: t.Sequence[t.Callable[[], None]], timeout: float = 60) -> None:
+    """Run each target on its own thread and wait for all of them; fail if
+    one hangs, and re-raise the first error any of them raised."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(target: t.Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(target,)) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+    if errors:
+        raise errors[0]
 
 
 def read_session(session: t.Any) -> t.Any:

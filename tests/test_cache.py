@@ -9,6 +9,7 @@ import threading
 import typing as t
 
 import pytest
+from core_testkit import run_in_threads
 
 from wsgi_session import cache
 from wsgi_session.cache import ShardedCache
@@ -28,28 +29,25 @@ def fast_switching() -> t.Iterator[None]:
 
 def hammer(workers: list[t.Callable[[], None]], seconds: float = 1.0) -> None:
     """Run each worker in a loop on its own thread for ``seconds``; re-raise
-    the first error any of them hit."""
+    the first error any of them hit (which stops them all)."""
     stop = threading.Event()
-    errors: list[BaseException] = []
 
-    def loop(work: t.Callable[[], None]) -> None:
-        try:
-            while not stop.is_set():
-                work()
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
+    def looping(work: t.Callable[[], None]) -> t.Callable[[], None]:
+        def loop() -> None:
+            try:
+                while not stop.is_set():
+                    work()
+            finally:
+                stop.set()
 
-    threads = [threading.Thread(target=loop, args=(work,)) for work in workers]
-    for thread in threads:
-        thread.start()
-    stop.wait(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join(10)
-    assert not any(thread.is_alive() for thread in threads), "a thread hung"
-    if errors:
-        raise errors[0]
+        return loop
+
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    try:
+        run_in_threads([looping(work) for work in workers])
+    finally:
+        timer.cancel()
 
 
 @pytest.mark.usefixtures("fast_switching")

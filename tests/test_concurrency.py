@@ -3,10 +3,11 @@ exact counters, key-level merge, last-writer-wins without torn values."""
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
-from core_testkit import call_wsgi, id_of, set_cookies, view_app
+from core_testkit import call_wsgi, id_of, run_in_threads, set_cookies, view_app
 
 THREADS = 16
 N = 160  # requests per thread (a multiple of THREADS)
@@ -36,23 +37,12 @@ def middleware(make_middleware):
 def run_threads(count, target):
     """Start ``count`` threads at once on ``target(index)``; re-raise the first error."""
     barrier = threading.Barrier(count)
-    errors = []
 
     def run(index):
-        try:
-            barrier.wait(10)
-            target(index)
-        except BaseException as exc:
-            errors.append(exc)
+        barrier.wait(10)
+        target(index)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads), "a thread hung"
-    if errors:
-        raise errors[0]
+    run_in_threads([functools.partial(run, index) for index in range(count)])
 
 
 def new_session(middleware):
