@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 import typing as t
 from datetime import timedelta
 from pathlib import Path
@@ -259,10 +261,9 @@ def call_wsgi(app: t.Any, environ: dict[str, t.Any] | None = None, **kwargs: t.A
 
 
 def run_in_threads(targets: t.Sequence[t.Callable[[], None]], timeout: float = 60) -> None:
-    """Run each target on its own thread and wait for all of them; fail if
-    one hangs, and re-raise the first error any of them raised."""
-    import threading
-
+    """Run each target on its own (daemon) thread and wait up to ``timeout``
+    seconds for all of them; fail if one hangs, and re-raise the first error
+    any of them raised."""
     errors: list[BaseException] = []
 
     def run(target: t.Callable[[], None]) -> None:
@@ -271,11 +272,12 @@ def run_in_threads(targets: t.Sequence[t.Callable[[], None]], timeout: float = 6
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(target,)) for target in targets]
+    threads = [threading.Thread(target=run, args=(target,), daemon=True) for target in targets]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + timeout
     for thread in threads:
-        thread.join(timeout)
+        thread.join(max(0.0, deadline - time.monotonic()))
     assert not any(thread.is_alive() for thread in threads), "a thread hung"
     if errors:
         raise errors[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import typing as t
 
 import pytest
@@ -83,8 +84,12 @@ def test_lock_free_reads_meet_puts_pops_evictions_and_sweeps() -> None:
         for key in KEYS[::5]:
             store.pop(key)
 
+    def matches(value: tuple[str, int]) -> bool:
+        time.sleep(0)  # hand the GIL over mid-walk, every time
+        return value[1] % 7 == 0
+
     def sweep() -> None:
-        store.remove_where(lambda value: value[1] % 7 == 0, limit=10)
+        store.remove_where(matches, limit=10)
 
     hammer([read, read, write, merge, remove, sweep])
     assert wrong == []
@@ -95,9 +100,12 @@ def test_lock_free_reads_meet_puts_pops_evictions_and_sweeps() -> None:
     assert all(value is None or value[0] == key for key, value in zip(KEYS, left, strict=True))
 
 
-def read_while_the_lock_is_held(store: ShardedCache[str], key: str) -> bool:
-    """Whether ``store.get(key)`` answers while another thread holds the
-    key's shard lock (it waits for the lock when it takes it)."""
+def reads_through_a_held_lock(store: ShardedCache[str], key: str, wait: float) -> bool:
+    """Whether ``store.get(key)`` answers within ``wait`` seconds while
+    another thread holds the key's shard lock. No timing guess either way: a
+    read that takes no lock answers as soon as it runs (give it long), and
+    one that takes the lock cannot answer until the lock is released (a
+    short wait proves it as well as a long one); after the release it must."""
     answered = threading.Event()
     shard = store._shards[hash(key) & store._mask]
 
@@ -105,23 +113,22 @@ def read_while_the_lock_is_held(store: ShardedCache[str], key: str) -> bool:
         store.get(key)
         answered.set()
 
+    reader = threading.Thread(target=read, daemon=True)
     with shard.lock:
-        reader = threading.Thread(target=read)
         reader.start()
-        answered.wait(0.5)
-        took_no_lock = answered.is_set()
+        through = answered.wait(wait)
+    assert answered.wait(10)  # a locking read goes on once the lock is free
     reader.join(10)
-    assert answered.is_set()  # once the lock is free, the read completes either way
-    return took_no_lock
+    return through
 
 
 def test_a_read_takes_the_lock_only_with_an_idle_bound() -> None:
     plain: ShardedCache[str] = ShardedCache(shards=2)
     plain.put("a", "1")
-    assert read_while_the_lock_is_held(plain, "a")
+    assert reads_through_a_held_lock(plain, "a", wait=10)
     idle: ShardedCache[str] = ShardedCache(shards=2, idle_seconds=60)
     idle.put("a", "1")
-    assert not read_while_the_lock_is_held(idle, "a")
+    assert not reads_through_a_held_lock(idle, "a", wait=0.2)
 
 
 def test_without_the_gil_every_read_takes_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,4 +138,4 @@ def test_without_the_gil_every_read_takes_the_lock(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(cache, "_GIL_ENABLED", False)
     store: ShardedCache[str] = ShardedCache(shards=2)
     store.put("a", "1")
-    assert not read_while_the_lock_is_held(store, "a")
+    assert not reads_through_a_held_lock(store, "a", wait=0.2)
