@@ -218,7 +218,7 @@ class ShardedCache(t.Generic[V]):
                     if predicate(entries[key]) and (keep is None or not keep(key))
                 ]
                 for key in doomed[: limit - len(removed)]:
-                    del shard.entries[key]
+                    del entries[key]
                     shard.used.pop(key, None)
                     removed.append(key)
             if len(removed) >= limit:
